@@ -1,0 +1,274 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton, 2012) as a Flax linen module.
+
+Two layouts share one module and one parameter naming (`conv1`..`conv5`, `fc6`..`fc8`):
+
+* `variant='paper'`: the network of §3.5 / Figure 2, 227x227x3 input (the paper says 224, but its
+  own 55x55 conv1 map needs 227). conv2, conv4 and conv5 are grouped convolutions (`groups=2`), the
+  paper's split across two GPUs; conv3 and the fully connected layers see both halves.
+* `variant='torchvision'`: the "one weird trick" layout of `torchvision.models.alexnet` (64, 192,
+  384, 256, 256 filters, 224 input, no LRN, no groups, an adaptive 6x6 average pool, dropout before
+  fc6 and fc7), laid out so torchvision's published weights can be converted: HWIO conv kernels,
+  (in, out) dense kernels. The 6x6xC feature map is flattened in NHWC order, (h, w, c) with c
+  fastest; torchvision flattens (c, h, w), so a converter permutes the rows of fc6's kernel.
+
+Images are NHWC. `model.apply(variables, x, train=False)` returns float32 logits; `train=True`
+applies dropout and needs `rngs={'dropout': key}`.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+VARIANTS = ('paper', 'torchvision')
+ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
+INIT_SCHEMES = ('paper', 'he')
+DTYPES = ('float32', 'bfloat16')
+
+# §5: "We initialized the neuron biases in the second, fourth, and fifth convolutional layers, as
+# well as in the fully-connected hidden layers, with the constant 1."
+_PAPER_BIAS_ONE_LAYERS = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+_FC_HIDDEN = 4096
+_TORCHVISION_POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvLayer:
+  """One convolutional stage: conv -> activation [-> LRN] [-> max-pool]."""
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  grouped: bool  # sees only its own half of the input channels when groups > 1
+  lrn: bool  # followed by local response normalization (when the model's `lrn` is on)
+  pool: bool  # followed by a max-pool
+
+
+# §3.5 and Figure 2. conv3 "connects to all kernel maps in the second layer"; conv2, conv4 and
+# conv5 only to the maps on their own GPU.
+_PAPER_CONVS = (
+    _ConvLayer(96, kernel=11, stride=4, padding=0, grouped=False, lrn=True, pool=True),
+    _ConvLayer(256, kernel=5, stride=1, padding=2, grouped=True, lrn=True, pool=True),
+    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=False),
+    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=True),
+)
+# torchvision.models.alexnet's `features`.
+_TORCHVISION_CONVS = (
+    _ConvLayer(64, kernel=11, stride=4, padding=2, grouped=False, lrn=False, pool=True),
+    _ConvLayer(192, kernel=5, stride=1, padding=2, grouped=False, lrn=False, pool=True),
+    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=True),
+)
+_CONVS = {'paper': _PAPER_CONVS, 'torchvision': _TORCHVISION_CONVS}
+
+
+def _check_choice(field: str, value: Any, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f'AlexNet {field}={value!r} is not one of {", ".join(map(repr, allowed))}.')
+
+
+def _pool_shape(overlapping_pool: bool) -> tuple[int, int]:
+  """(window, stride) of the max-pools: §3.4's overlapping 3x3/2, or the traditional 2x2/2."""
+  return (3, 2) if overlapping_pool else (2, 2)
+
+
+def _feature_map_size(input_size: int, variant: str, overlapping_pool: bool) -> int:
+  """Spatial size of the last pool's output along one axis; 0 if the map vanishes on the way."""
+  window, stride = _pool_shape(overlapping_pool)
+  size = input_size
+  for layer in _CONVS[variant]:
+    size = (size + 2 * layer.padding - layer.kernel) // layer.stride + 1
+    if layer.pool:
+      size = (size - window) // stride + 1
+    if size < 1:
+      return 0
+  return size
+
+
+def min_input_size(variant: str = 'paper', overlapping_pool: bool = True) -> int:
+  """The smallest image height (and width) whose feature map survives conv1 and the three pools.
+
+  67 for the paper layout (conv1 must give a 15x15 map), 63 for torchvision's (conv1 pads by 2);
+  39 and 35 with non-overlapping 2x2 pools.
+  """
+  _check_choice('variant', variant, VARIANTS)
+  size = 1
+  while _feature_map_size(size, variant, overlapping_pool) < 1:
+    size += 1
+  return size
+
+
+def _compute_dtype(dtype: Any) -> jnp.dtype:
+  """The compute dtype named by `dtype` (a string like 'bfloat16' or a dtype)."""
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    resolved = None
+  if resolved is None or resolved.name not in DTYPES:
+    raise ValueError(f'AlexNet dtype={dtype!r} is not one of {", ".join(map(repr, DTYPES))}.')
+  return resolved
+
+
+def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float = 1e-4,
+                        beta: float = 0.75) -> jax.Array:
+  """Local response normalization across channels, exactly as written in §3.3.
+
+    b_i = a_i / (k + alpha * sum_{j=max(0, i-n//2)}^{min(N-1, i+n//2)} a_j^2) ** beta
+
+  over the last (channel) axis. The sum is NOT divided by n: PyTorch's `LocalResponseNorm` uses
+  alpha / n (so its alpha must be 5e-4 to match the paper's 1e-4 at n=5), and TensorFlow's
+  `tf.nn.local_response_normalization` takes a depth radius (n // 2) and a bias (k) instead.
+
+  The windowed sum of squares is one `reduce_window` over the channel axis, which XLA fuses with
+  the squaring and the scaling into a single elementwise pass. It runs in float32 whatever the
+  input dtype, and the result is cast back.
+  """
+  if n < 1 or n % 2 == 0:
+    raise ValueError(f'local_response_norm needs an odd window n >= 1 centred on each channel; got n={n}.')
+  x32 = x.astype(jnp.float32)
+  radius = n // 2
+  window = (1,) * (x.ndim - 1) + (n,)
+  padding = ((0, 0),) * (x.ndim - 1) + ((radius, radius),)  # zero padding = the clipped sum
+  sum_sq = jax.lax.reduce_window(jnp.square(x32), 0.0, jax.lax.add, window, (1,) * x.ndim, padding)
+  return (x32 * jnp.power(k + alpha * sum_sq, -beta)).astype(x.dtype)
+
+
+def _adaptive_avg_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] averaging weights of PyTorch's adaptive average pooling along one axis.
+
+  Output bin i averages inputs floor(i * in / out) .. ceil((i + 1) * in / out) - 1; bins may overlap.
+  """
+  weights = np.zeros((out_size, in_size), np.float32)
+  for i in range(out_size):
+    start = (i * in_size) // out_size
+    end = -((-(i + 1) * in_size) // out_size)  # ceil
+    weights[i, start:end] = 1.0 / (end - start)
+  return weights
+
+
+def adaptive_avg_pool(x: jax.Array, out_size: int) -> jax.Array:
+  """PyTorch's `AdaptiveAvgPool2d((out_size, out_size))` on an NHWC map, as two small matmuls."""
+  rows = jnp.asarray(_adaptive_avg_pool_matrix(x.shape[1], out_size), x.dtype)
+  cols = jnp.asarray(_adaptive_avg_pool_matrix(x.shape[2], out_size), x.dtype)
+  return jnp.einsum('ih,bhwc,jw->bijc', rows, x, cols)
+
+
+class AlexNet(nn.Module):
+  """AlexNet; every field is a config key of `config.model` (configs/default.py).
+
+  Attributes:
+    num_classes: size of fc8, the logits (the softmax lives in the loss).
+    variant: 'paper' (§3.5) or 'torchvision' (the single-tower layout of torchvision's alexnet;
+      it has no LRN and no groups, so `groups` and `lrn` do not apply to it).
+    groups: 2 is the paper's two-GPU split of conv2, conv4, conv5 (`feature_group_count`, so XLA
+      sees one grouped convolution); 1 is the single-tower network. 'paper' layout only.
+    lrn: local response normalization after conv1 and conv2 (§3.3). 'paper' layout only.
+    activation: 'relu' (§3.1) or 'tanh' (the saturating baseline of Figure 1).
+    overlapping_pool: True: 3x3 max-pools with stride 2 (§3.4); False: 2x2 with stride 2.
+    dropout_rate: dropout on fc6 and fc7 (§4.2): after their activations in the paper layout,
+      before the layers in torchvision's.
+    width: multiplies every conv and hidden fc width (rounded; conv widths to a multiple of
+      `groups`). fc8 keeps `num_classes`.
+    init_scheme: 'paper' (§5): weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7 and
+      0 elsewhere. 'he': He-normal (fan-in) weights and zero biases. The paper's scheme was tuned
+      with its hand-driven learning-rate schedule on mean-subtracted 0..255 pixels: with std 0.01
+      the signal shrinks at every layer (0.01 * sqrt(fan_in) < 1 for every conv), the logits start
+      near zero and the loss sits near ln(num_classes) until the bias-1 ReLUs and a well-chosen
+      rate carry it out, which can take many epochs. He init keeps activation scale constant
+      through the ReLU stack, so it trains from scratch with plain schedules and no bias tricks;
+      configs/default.py uses it. 'paper' is kept for faithful reproductions.
+    dtype: compute dtype, 'float32' or 'bfloat16' (a string or a dtype). Parameters stay float32;
+      logits are returned in float32.
+  """
+  num_classes: int = 1000
+  variant: str = 'paper'
+  groups: int = 2
+  lrn: bool = True
+  activation: str = 'relu'
+  overlapping_pool: bool = True
+  dropout_rate: float = 0.5
+  width: float = 1.0
+  init_scheme: str = 'paper'
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    _check_choice('variant', self.variant, VARIANTS)
+    _check_choice('activation', self.activation, tuple(ACTIVATIONS))
+    _check_choice('init_scheme', self.init_scheme, INIT_SCHEMES)
+    _compute_dtype(self.dtype)
+    if not isinstance(self.groups, int) or self.groups < 1:
+      raise ValueError(f'AlexNet groups={self.groups!r} must be a positive integer (1 or 2).')
+    if not self.width > 0:
+      raise ValueError(f'AlexNet width={self.width!r} must be positive.')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'AlexNet dropout_rate={self.dropout_rate!r} must be in [0, 1).')
+    if self.num_classes < 1:
+      raise ValueError(f'AlexNet num_classes={self.num_classes!r} must be positive.')
+
+  @property
+  def _groups(self) -> int:
+    return self.groups if self.variant == 'paper' else 1
+
+  def _inits(self, name: str) -> dict[str, Any]:
+    if self.init_scheme == 'he':
+      return dict(kernel_init=nn.initializers.he_normal(), bias_init=nn.initializers.zeros)
+    bias = 1.0 if name in _PAPER_BIAS_ONE_LAYERS else 0.0
+    return dict(kernel_init=nn.initializers.normal(stddev=0.01),
+                bias_init=nn.initializers.constant(bias))
+
+  def _check_input(self, x: jax.Array) -> None:
+    if x.ndim != 4:
+      raise ValueError(f'AlexNet expects NHWC images [batch, height, width, channels]; got shape {x.shape}.')
+    height, width = x.shape[1:3]
+    if min(_feature_map_size(height, self.variant, self.overlapping_pool),
+           _feature_map_size(width, self.variant, self.overlapping_pool)) < 1:
+      smallest = min_input_size(self.variant, self.overlapping_pool)
+      raise ValueError(
+          f'Input {height}x{width} is too small for AlexNet(variant={self.variant!r}, '
+          f'overlapping_pool={self.overlapping_pool}): its feature map vanishes before the last '
+          f'pool. Use images of at least {smallest}x{smallest}.')
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    self._check_input(x)
+    dtype = _compute_dtype(self.dtype)
+    activation = ACTIVATIONS[self.activation]
+    window, stride = _pool_shape(self.overlapping_pool)
+    groups = self._groups
+    x = x.astype(dtype)
+
+    for index, layer in enumerate(_CONVS[self.variant], start=1):
+      name = f'conv{index}'
+      features = groups * max(1, round(layer.features * self.width / groups))
+      x = nn.Conv(features, (layer.kernel, layer.kernel), strides=layer.stride,
+                  padding=[(layer.padding, layer.padding)] * 2,
+                  feature_group_count=groups if layer.grouped else 1,
+                  dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
+      x = activation(x)
+      if layer.lrn and self.lrn and self.variant == 'paper':
+        x = local_response_norm(x)
+      if layer.pool:
+        x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+    if self.variant == 'torchvision':
+      x = adaptive_avg_pool(x, _TORCHVISION_POOLED_SIZE)
+    x = x.reshape(x.shape[0], -1)  # NHWC flatten: (h, w, c), c fastest
+
+    hidden = max(1, round(_FC_HIDDEN * self.width))
+    dropout_first = self.variant == 'torchvision'
+    for name in ('fc6', 'fc7'):
+      if dropout_first:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = nn.Dense(hidden, dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
+      x = activation(x)
+      if not dropout_first:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=jnp.float32, name='fc8',
+                 **self._inits('fc8'))(x)
+    return x.astype(jnp.float32)

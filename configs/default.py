@@ -56,9 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_crops = 1  # 1 = center crop; 10 = corners + center and their mirrors (§4.1)
   config.cache = False  # keep decoded examples in memory (small datasets only)
   config.strict_data = False  # undecodable images: False = skip and log, True = error
+  config.synthetic_train_examples = 1_281_167  # dataset='synthetic*' only: split sizes
+  config.synthetic_eval_examples = 50_000
 
   # Optimization (§5).
   config.batch_size = 128  # global, across all devices and processes
+  config.eval_batch_size = -1  # global; -1: same as batch_size
   config.num_epochs = 90
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.optimizer = 'sgd'  # 'sgd' | 'lars' | 'adamw'
@@ -79,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Bookkeeping.
   config.seed = 0
+  config.skip_nonfinite_steps = False  # False: a NaN/Inf loss or gradient stops the run; True: skip the step
   config.parallelism = 'shard_map'  # 'shard_map' | 'pmap'
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch

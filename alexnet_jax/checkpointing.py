@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the train state in `WORKDIR/checkpoints` (and the best one in
+`WORKDIR/checkpoints_best`).
+
+Orbax writes each step to a temporary directory and renames it only once complete, so a run killed mid-save
+leaves no half-written checkpoint for `latest_step` to find. Saving is asynchronous: training continues
+while the previous checkpoint is written; `wait` blocks until it is on disk.
+
+Restoring checks the checkpoint's array shapes against the model built from the current config first, so
+a workdir holding another model's checkpoints gives a readable error instead of an Orbax traceback.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoints were written by a model or optimizer of another shape."""
+
+
+class Checkpointer:
+  """Latest-`keep` checkpoints plus the best one by eval top-1 error."""
+
+  def __init__(self, workdir: str, keep: int, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._latest = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+    self._best = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints_best'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+            best_fn=lambda metrics: metrics['top1_err'], best_mode='min'))
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.best_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._latest.all_steps())
+
+  def save(self, step: int, state: Any) -> None:
+    if step in self._latest.all_steps():
+      return
+    self._latest.save(step, args=ocp.args.StandardSave(state))
+
+  def save_best(self, step: int, state: Any, top1_err: float) -> None:
+    """Offers the state for `checkpoints_best`; Orbax keeps it only if its error is the lowest."""
+    if step in self._best.all_steps():
+      return
+    self._best.save(step, args=ocp.args.StandardSave(state), metrics={'top1_err': float(top1_err)})
+
+  def restore(self, abstract_state: Any, step: int | None = None, best: bool = False) -> Any:
+    """Restores `step` (default: the latest) into the structure and shardings of `abstract_state`."""
+    manager = self._best if best else self._latest
+    step = (manager.best_step() if best else manager.latest_step()) if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {manager.directory}')
+    self._check_shapes(manager, step, abstract_state)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def _check_shapes(self, manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+    stored = manager.item_metadata(step)
+    stored_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape)
+                     for path, leaf in jax.tree_util.tree_leaves_with_path(stored)
+                     if hasattr(leaf, 'shape')}
+    wanted_shapes = {jax.tree_util.keystr(path): tuple(np.shape(leaf))
+                     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    problems = []
+    for key in sorted(set(stored_shapes) | set(wanted_shapes)):
+      if stored_shapes.get(key) != wanted_shapes.get(key):
+        problems.append(f'{key}: checkpoint {stored_shapes.get(key, "absent")}, '
+                        f'config {wanted_shapes.get(key, "absent")}')
+    if problems:
+      shown = '; '.join(problems[:5]) + (f'; ... {len(problems) - 5} more' if len(problems) > 5 else '')
+      raise CheckpointMismatchError(
+          f'The checkpoint at step {step} in {manager.directory} was written by a different model or '
+          f'optimizer than this config builds ({shown}). Use a new --workdir for this config, or rerun with '
+          f'the config that wrote these checkpoints.')
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()

@@ -1,0 +1,122 @@
+"""Checks a config before anything compiles; each problem is one line naming the key and what it allows.
+
+`validate(config)` covers everything knowable from the config alone; `validate_devices(config, n)` what
+also depends on the device count, which is known only after `jax.distributed.initialize`.
+"""
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message names the key and the allowed values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  types: tuple[type, ...]
+  check: Callable[[Any], bool]
+  allowed: str  # what the key accepts, for the message
+
+
+def _one_of(*values) -> _Rule:
+  return _Rule((type(values[0]),), lambda v: v in values, 'one of ' + ', '.join(map(repr, values)))
+
+
+_INT, _NUMBER = (int,), (int, float)
+_POSITIVE_INT = _Rule(_INT, lambda v: v > 0, 'an integer > 0')
+_BOOL = _Rule((bool,), lambda v: True, 'True or False')
+
+RULES: dict[str, _Rule] = {
+    'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "synthetic" or "synthetic_learnable"'),
+    'train_split': _Rule((str,), bool, 'a split name'),
+    'eval_split': _Rule((str,), bool, 'a split name'),
+    'num_classes': _POSITIVE_INT,
+    'image_size': _POSITIVE_INT,
+    'resize_size': _POSITIVE_INT,
+    'eval_crops': _Rule(_INT, lambda v: v in (1, 10), '1 or 10'),
+    'cache': _BOOL,
+    'strict_data': _BOOL,
+    'synthetic_train_examples': _POSITIVE_INT,
+    'synthetic_eval_examples': _POSITIVE_INT,
+    'augment.random_crop': _BOOL,
+    'augment.flip': _BOOL,
+    'augment.pca_lighting': _Rule(_NUMBER, lambda v: v >= 0, 'a number >= 0'),
+    'augment.subtract_mean': _BOOL,
+    'batch_size': _POSITIVE_INT,
+    'eval_batch_size': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for batch_size'),
+    'num_epochs': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
+    'num_train_steps': _Rule(_INT, lambda v: True, 'an integer (> 0 overrides num_epochs)'),
+    'optimizer': _one_of(*optim.OPTIMIZERS),
+    'learning_rate': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
+    'momentum': _Rule(_NUMBER, lambda v: 0 <= v < 1, 'a number in [0, 1)'),
+    'weight_decay': _Rule(_NUMBER, lambda v: v >= 0, 'a number >= 0'),
+    'lr_schedule': _one_of(*optim.LR_SCHEDULES),
+    'plateau_patience_epochs': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
+    'plateau_factor': _Rule(_NUMBER, lambda v: 0 < v < 1, 'a number in (0, 1)'),
+    'plateau_max_reductions': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
+    'warmup_epochs': _Rule(_NUMBER, lambda v: v >= 0, 'a number >= 0'),
+    'scale_lr_with_batch': _BOOL,
+    'base_batch_size': _POSITIVE_INT,
+    'model.variant': _one_of(*model_lib.VARIANTS),
+    'model.groups': _Rule(_INT, lambda v: v in (1, 2), '1 or 2'),
+    'model.lrn': _BOOL,
+    'model.activation': _one_of(*model_lib.ACTIVATIONS),
+    'model.overlapping_pool': _BOOL,
+    'model.dropout_rate': _Rule(_NUMBER, lambda v: 0 <= v < 1, 'a number in [0, 1)'),
+    'model.width': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
+    'model.init_scheme': _one_of(*model_lib.INIT_SCHEMES),
+    'model.dtype': _one_of(*model_lib.DTYPES),
+    'seed': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
+    'skip_nonfinite_steps': _BOOL,
+    'parallelism': _one_of('shard_map', 'pmap'),
+    'log_every_steps': _POSITIVE_INT,
+    'eval_every_steps': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for every epoch'),
+    'checkpoint_every_steps': _POSITIVE_INT,
+    'keep_checkpoints': _POSITIVE_INT,
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
+  value = config
+  for part in key.split('.'):
+    if part not in value:
+      raise ConfigError(f'config.{key} is missing; start from configs/default.py, which sets every key')
+    value = value[part]
+  return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first invalid value (device-independent checks)."""
+  for key, rule in RULES.items():
+    value = _lookup(config, key)
+    type_ok = isinstance(value, rule.types) and not (bool not in rule.types and isinstance(value, bool))
+    if not type_ok or not rule.check(value):
+      raise ConfigError(f'config.{key}={value!r} is invalid: expected {rule.allowed}')
+  if config.resize_size < config.image_size:
+    raise ConfigError(f'config.resize_size={config.resize_size} is smaller than config.image_size='
+                      f'{config.image_size}: the crop must fit inside the resized image')
+  smallest = model_lib.min_input_size(config.model.variant, config.model.overlapping_pool)
+  if config.image_size < smallest:
+    raise ConfigError(f'config.image_size={config.image_size} is too small for model.variant='
+                      f'{config.model.variant!r} with overlapping_pool={config.model.overlapping_pool}: '
+                      f'the three max-pools need at least {smallest}')
+
+
+def validate_devices(config: ml_collections.ConfigDict, device_count: int,
+                     process_count: int = 1) -> None:
+  """Raises ConfigError unless the global batches split evenly over devices and processes."""
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key] if config[key] > 0 else config.batch_size
+    for count, what in ((device_count, 'devices'), (process_count, 'processes')):
+      if value % count:
+        fits = [n for n in (value - value % count, value - value % count + count) if n > 0]
+        raise ConfigError(
+            f'config.{key}={value} does not split evenly over {count} {what}: use a multiple of '
+            f'{count} (e.g. {" or ".join(map(str, fits))})')

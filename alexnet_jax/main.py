@@ -1,0 +1,74 @@
+r"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/default.py --workdir=DIR`.
+
+Any config key can be overridden, e.g. `--config.model.groups=1 --config.batch_size=256`. Rerunning the
+same command resumes from the latest checkpoint in DIR. Exit codes: 0 finished; 2 invalid config or
+workdir (one line on stderr says which key and what it allows); 1 other errors, a NaN/Inf loss among them
+(the message names the step); 75 preempted by SIGTERM/SIGUSR1 after checkpointing (rerun to resume).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from alexnet_jax import checkpointing
+from alexnet_jax import config_validation
+from alexnet_jax import distributed
+from alexnet_jax import train
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; launch/ scripts requeue on it
+CONFIG_ERROR_EXIT_CODE = 2
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A config file, e.g. configs/default.py.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints, metrics.jsonl, config.json and TensorBoard logs go; storage '
+    'every process sees.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Drops the INFO chatter of Orbax's save threads (several lines per checkpoint); keeps warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+
+
+def _fail(message: str, exit_code: int) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(exit_code)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  try:
+    config_validation.validate(config)  # before JAX starts: bad configs cost no compile
+  except config_validation.ConfigError as e:
+    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+
+  distributed.initialize()  # before anything asks JAX for its devices
+  try:
+    config_validation.validate_devices(config, jax.device_count(), jax.process_count())
+  except config_validation.ConfigError as e:
+    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+  distributed.check_shared_workdir(_WORKDIR.value)
+
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except checkpointing.CheckpointMismatchError as e:
+    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+  except train.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(PREEMPTED_EXIT_CODE)
+  except train.NonFiniteLossError as e:
+    _fail(str(e), 1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,81 @@
+"""Metrics to `WORKDIR/metrics.jsonl` and TensorBoard event files, and human-readable progress lines.
+
+Only process 0 writes; other processes get a writer that does nothing. TensorBoard events are written with
+the `tensorboard` package's own event writer, so TensorFlow need not be imported on the synthetic path.
+"""
+
+import io
+import json
+import os
+import time
+
+from absl import logging
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class MetricsWriter:
+  """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self._events = {split: EventFileWriter(os.path.join(workdir, 'tensorboard', split))
+                    for split in ('train', 'eval')}
+
+  def write(self, step: int, split: str, **values: float) -> None:
+    """One record, e.g. write(100, 'train', loss=2.3, top1_err=0.9, ...)."""
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'split': split, 'wall_time': time.time()}
+    record.update({k: _to_python(v) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+        for k, v in values.items() if isinstance(_to_python(v), (int, float))])
+    self._events[split].add_event(event_pb2.Event(wall_time=record['wall_time'], step=int(step),
+                                                  summary=summary))
+    self._events[split].flush()
+
+  def write_image(self, step: int, tag: str, image: np.ndarray, split: str = 'train') -> None:
+    """A uint8 [H, W, 3] image to TensorBoard's image tab."""
+    if not self.enabled:
+      return
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format='PNG')
+    encoded = summary_pb2.Summary.Image(height=image.shape[0], width=image.shape[1],
+                                        colorspace=image.shape[2],
+                                        encoded_image_string=buffer.getvalue())
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=encoded)])
+    self._events[split].add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                  summary=summary))
+    self._events[split].flush()
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    for events in self._events.values():
+      events.close()
+
+
+def _to_python(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def log_progress(step: int, total_steps: int, loss: float, examples_per_sec: float,
+                 seconds_left: float) -> None:
+  logging.info('step %d/%d  loss %.4f  %.1f img/s  ETA %s', step, total_steps, loss,
+               examples_per_sec, format_duration(seconds_left))

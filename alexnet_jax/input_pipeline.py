@@ -1,0 +1,627 @@
+"""ImageNet, or any TFDS or image-folder dataset, through tf.data with the paper's augmentation (§4.1).
+
+Sources (`config.dataset`):
+  * a TFDS image-classification name (`imagenet2012` by default), read from `config.data_dir`;
+    ImageNet must be built once with `python -m alexnet_jax.prepare` (alexnet_jax/prepare.py);
+  * `folder:/path`: `/path/train/<class>/*.jpg|png` and `/path/val/<class>/...` (or `validation/`,
+    `test/`); classes are the sorted folder names of `train/`.
+
+Training images (each step a switch in `config.augment`):
+  1. crop: a random `image_size` square of the image resized so that its shorter side is
+     `resize_size` (227 of 256, §4.1). The window is chosen in resized coordinates, mapped back to the
+     original image, and only that window is decoded (`tf.io.decode_and_crop_jpeg`) and then resized
+     to `image_size`. This is resize-then-crop up to rounding the window to whole source pixels and
+     the interpolation at its borders, and it skips most of the decode. Without `random_crop`: the
+     center crop, the same way.
+  2. flip: a horizontal reflection with probability 1/2.
+  3. pca_lighting: adds sum_i alpha_i lambda_i p_i to every pixel, alpha_i ~ N(0, pca_lighting^2),
+     with the eigenvalues lambda_i and eigenvectors p_i of ImageNet's RGB covariance (§4.1).
+  4. subtract_mean, then (`divide_std`) a division by the per-channel standard deviation.
+Evaluation images: resize the shorter side to `resize_size`, then the center crop or, with
+`eval_crops=10`, the four corner and the center crops and their mirror images (§4.1).
+
+Output scale: pixels start on the 0..255 scale; with the defaults (`subtract_mean` and `divide_std`)
+images leave the pipeline as (x - mean) / std per channel, so roughly zero-mean, unit-variance inputs
+(what He initialization assumes). With `divide_std=False` they stay on the 0..255 scale minus the mean,
+as in the paper.
+
+Determinism and resumption: each process reads its own contiguous 1/process_count of every split.
+Its training stream is an endless sequence of epochs; epoch e visits the shard in an order that is a
+function of (seed, e), and the random crop, flip and lighting of an example are keyed by
+(seed, e, example index) through stateless random ops. The batch of step s is therefore a function of
+(config, s, process_index, process_count) and a run restarted at step s seeks straight to it. An epoch
+order is built from blocks (for TFDS, the part of one record file in the shard), shuffled and grouped
+into windows of about `_WINDOW_EXAMPLES` examples; each window is loaded and permuted as a whole. A
+seek reads at most the window it lands in and decodes nothing it skips. Folder datasets have one
+block per image and a single window, so every epoch is a uniform permutation.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+# TensorFlow only feeds the host; every accelerator belongs to JAX.
+tf.config.set_visible_devices([], 'GPU')
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Per-channel RGB mean and standard deviation of ImageNet training pixels, 0..255 scale (the values
+# used by fb.resnet.torch and torchvision, there on the 0..1 scale).
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# Eigenvalues and eigenvectors (columns) of the 3x3 covariance of ImageNet RGB pixels on the 0..1 scale,
+# as published with fb.resnet.torch (datasets/imagenet.lua) and used since by most reimplementations
+# of §4.1. The eigenvalues are multiplied by 255 so that alpha_i = N(0, 0.1) moves pixels as much on
+# the 0..255 scale as it does on the 0..1 scale there (a shift of a few grey levels).
+IMAGENET_PCA_EIGENVALUES = tuple(255.0 * v for v in (0.2175, 0.0188, 0.0045))
+IMAGENET_PCA_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+FOLDER_PREFIX = 'folder:'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# Examples loaded and permuted together in a training epoch. For ImageNet this is about 8 record files
+# (~1 GB of JPEG bytes); up to three windows are in memory at a time.
+_WINDOW_EXAMPLES = 8192
+# Where each split may live in a folder dataset, in order of preference.
+_FOLDER_SPLIT_DIRS = {
+    'train': ('train',),
+    'validation': ('val', 'validation', 'test'),
+    'val': ('val', 'validation', 'test'),
+    'test': ('test',),
+}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The TFDS dataset has not been built in the data dir yet."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation: small functions on one image, each a step of §4.1.
+# --------------------------------------------------------------------------------------------------
+
+
+def _crop_size(height: tf.Tensor, width: tf.Tensor, resize_size: int, image_size: int):
+  """Side, in source pixels, of an `image_size` crop of the image resized to shorter side `resize_size`."""
+  shorter = tf.minimum(height, width)
+  size = tf.cast(tf.round(tf.cast(shorter, tf.float32) * image_size / resize_size), tf.int32)
+  return tf.clip_by_value(size, 1, shorter)
+
+
+def random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
+                       image_size: int) -> tf.Tensor:
+  """[y, x, size, size] in source pixels of a uniformly placed `image_size` crop of the resized image."""
+  size = _crop_size(height, width, resize_size, image_size)
+  room = tf.stack([height - size, width - size]) + 1  # possible offsets per axis
+  uniform = tf.random.stateless_uniform([2], seed=key)
+  offset = tf.minimum(tf.cast(uniform * tf.cast(room, tf.float32), tf.int32), room - 1)
+  return tf.concat([offset, tf.stack([size, size])], axis=0)
+
+
+def center_crop_window(height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
+                       image_size: int) -> tf.Tensor:
+  """[y, x, size, size] in source pixels of the central `image_size` crop of the resized image."""
+  size = _crop_size(height, width, resize_size, image_size)
+  return tf.stack([(height - size) // 2, (width - size) // 2, size, size])
+
+
+def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+                  ) -> tf.Tensor:
+  """Decodes only the window `window_fn(height, width)` of an encoded image: uint8 [h, w, 3].
+
+  JPEGs are cropped while decoding; other formats (PNG, ...) are decoded whole, then cropped.
+  """
+
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(encoded)
+    return tf.io.decode_and_crop_jpeg(encoded, window_fn(shape[0], shape[1]), channels=3)
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    y, x, h, w = tf.unstack(window_fn(tf.shape(image)[0], tf.shape(image)[1]))
+    return image[y:y + h, x:x + w]
+
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def random_crop(key: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int
+                ) -> tf.Tensor:
+  """A random `image_size` crop of the image resized to shorter side `resize_size`: float32 0..255."""
+  window_fn = functools.partial(random_crop_window, key, resize_size=resize_size,
+                                image_size=image_size)
+  return _resize(decode_window(encoded, window_fn), [image_size, image_size])
+
+
+def center_crop(encoded: tf.Tensor, *, resize_size: int, image_size: int) -> tf.Tensor:
+  """The central `image_size` crop of the image resized to shorter side `resize_size`: float32 0..255."""
+  window_fn = functools.partial(center_crop_window, resize_size=resize_size, image_size=image_size)
+  return _resize(decode_window(encoded, window_fn), [image_size, image_size])
+
+
+def flip(key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+  """Mirrors [H, W, C] `image` left-right with probability 1/2."""
+  return tf.cond(tf.random.stateless_uniform([], seed=key) < 0.5,
+                 lambda: image[:, ::-1], lambda: image)
+
+
+def pca_lighting(key: tf.Tensor, image: tf.Tensor, alpha_std: float) -> tf.Tensor:
+  """Adds sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, alpha_std^2), to every pixel of float [H, W, 3]."""
+  alpha = tf.random.stateless_normal([3], seed=key, stddev=alpha_std)
+  eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
+  rgb_shift = tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
+  return image + rgb_shift
+
+
+def subtract_mean(image: tf.Tensor) -> tf.Tensor:
+  return image - tf.constant(IMAGENET_MEAN_RGB)
+
+
+def divide_std(image: tf.Tensor) -> tf.Tensor:
+  return image / tf.constant(IMAGENET_STD_RGB)
+
+
+def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Resizes uint8 [H, W, 3] so that min(H, W) == size: float32 0..255."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_shape = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
+  return _resize(image, tf.maximum(new_shape, size))
+
+
+def center_crop_image(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The central size x size square of [H, W, C] `image`."""
+  top = (tf.shape(image)[0] - size) // 2
+  left = (tf.shape(image)[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The four corner and the center size x size crops of [H, W, C] and their mirrors: [10, size, size, C]."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
+  crops = [image[y:y + size, x:x + size] for y, x in corners] + [center_crop_image(image, size)]
+  crops = tf.stack(crops)
+  return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+
+
+def _resize(image: tf.Tensor, shape) -> tf.Tensor:
+  return tf.image.resize(image, shape, method='bilinear')
+
+
+def _normalize(image: tf.Tensor, augment: ml_collections.ConfigDict) -> tf.Tensor:
+  if augment.subtract_mean:
+    image = subtract_mean(image)
+  if augment.get('divide_std', True):
+    image = divide_std(image)
+  return image
+
+
+def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict
+                     ) -> tf.Tensor:
+  """One training image, float32 [image_size, image_size, 3], every random choice drawn from `key`."""
+  augment = config.augment
+  crop_key, flip_key, lighting_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+  sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
+  if augment.random_crop:
+    image = random_crop(crop_key, encoded, **sizes)
+  else:
+    image = center_crop(encoded, **sizes)
+  if augment.flip:
+    image = flip(flip_key, image)
+  if augment.pca_lighting:
+    image = pca_lighting(lighting_key, image, augment.pca_lighting)
+  return _normalize(image, augment)
+
+
+def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
+  """One evaluation image: float32 [S, S, 3], or [10, S, S, 3] with `eval_crops=10`."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image = resize_shorter_side(image, config.resize_size)
+  if config.eval_crops == 10:
+    image = ten_crop(image, config.image_size)
+  else:
+    image = center_crop_image(image, config.image_size)
+  return _normalize(image, config.augment)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources: a split of a dataset, its per-process shards, and reading examples by index.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """One process's contiguous range [start, stop) of the examples of a split, in a fixed order.
+
+  `read(a, b)` returns numpy arrays for the shard's examples [a, b): 'label', 'index' (the example's
+  index in the whole split) and `image_field`: 'encoded' (image bytes) or 'path' (an image file).
+  `dataset()` is all of them, in order. `blocks` cut [0, size) into ranges that are cheap to read as
+  a unit; a training epoch loads and permutes about `window_examples` examples at a time.
+  """
+  split_size: int
+  start: int
+  stop: int
+  blocks: tuple[tuple[int, int], ...]
+  window_examples: int
+  image_field: str
+  read: Callable[[int, int], dict[str, np.ndarray]]
+  dataset: Callable[[], tf.data.Dataset]
+
+  @property
+  def size(self) -> int:
+    return self.stop - self.start
+
+
+def _shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Contiguous, disjoint, covering ranges whose sizes differ by at most one."""
+  return (num_examples * process_index // process_count,
+          num_examples * (process_index + 1) // process_count)
+
+
+def _split_blocks(boundaries: Sequence[int], start: int, stop: int) -> list[tuple[int, int]]:
+  """Cuts [start, stop) at `boundaries`."""
+  cuts = [start] + [b for b in boundaries if start < b < stop] + [stop]
+  return list(zip(cuts[:-1], cuts[1:]))
+
+
+# TFDS ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"Unknown dataset {name!r}. config.dataset is a TFDS name (e.g. 'imagenet2012'), "
+        f"'{FOLDER_PREFIX}/path/to/images', 'synthetic' or 'synthetic_learnable'.") from e
+  if not builder.info.splits:
+    raise DatasetNotPreparedError(_not_prepared_message(name, builder, data_dir))
+  return builder
+
+
+def _not_prepared_message(name: str, builder: tfds.core.DatasetBuilder, data_dir: str | None
+                          ) -> str:
+  data_dir_flag = f' --data_dir={data_dir}' if data_dir else ''
+  if name.split('/')[0].split(':')[0] == 'imagenet2012':
+    return (
+        f'ImageNet ({name!r}) is not prepared: nothing at {builder.data_dir}.\n'
+        'Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
+        'https://image-net.org/download-images into one folder, DIR, and build it once with\n'
+        f'  python -m alexnet_jax.prepare --dataset={name} --manual_dir=DIR{data_dir_flag}\n'
+        '(about 150 GB of disk and a few hours), or set --config.data_dir to the TFDS data dir '
+        'that already holds it.')
+  return (f'Dataset {name!r} is not prepared: nothing at {builder.data_dir}. Build it once with\n'
+          f'  python -m alexnet_jax.prepare --dataset={name}{data_dir_flag}\n'
+          'or set --config.data_dir to the TFDS data dir that already holds it.')
+
+
+def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
+                process_count: int) -> _Shard:
+  builder = _tfds_builder(name, data_dir)
+  image_key, label_key = builder.info.supervised_keys
+  decoders = {image_key: tfds.decode.SkipDecoding()}
+  # The split spec ('train', 'train[:10%]', 'train+validation', ...) as pieces (name, from, to) of
+  # named splits; example i of the spec is the i-th example of their concatenation.
+  pieces = []
+  for instruction in tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits):
+    length = builder.info.splits[instruction.splitname].num_examples
+    from_, to = instruction.from_ % (length + 1), instruction.to % (length + 1)
+    pieces.append((instruction.splitname, from_, to))
+  piece_starts = np.cumsum([0] + [to - from_ for _, from_, to in pieces])
+  lo, hi = _shard_range(int(piece_starts[-1]), process_index, process_count)
+
+  def locate(start: int, stop: int) -> list[str]:
+    """TFDS split strings for examples [start, stop) of the spec."""
+    specs = []
+    for (name, from_, _), offset, end in zip(pieces, piece_starts[:-1], piece_starts[1:]):
+      a, b = max(start, offset), min(stop, end)
+      if a < b:
+        specs.append(f'{name}[{from_ + a - offset}:{from_ + b - offset}]')
+    return specs
+
+  # Block boundaries: piece ends and record-file ends, so that a block is read from one file.
+  boundaries = set(piece_starts.tolist())
+  for (name, from_, to), offset in zip(pieces, piece_starts[:-1]):
+    file_ends = np.cumsum(builder.info.splits[name].shard_lengths) - from_ + offset
+    boundaries.update(int(b) for b in file_ends if offset < b < offset + to - from_)
+  blocks = tuple((a - lo, b - lo) for a, b in _split_blocks(sorted(boundaries), lo, hi))
+
+  def as_dataset(start: int, stop: int) -> tf.data.Dataset:
+    specs = locate(start, stop)
+    ds = builder.as_dataset(
+        split='+'.join(specs), decoders=decoders, shuffle_files=False,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+    ds = ds.take(stop - start)
+    index = tf.data.Dataset.range(start, stop)
+    return tf.data.Dataset.zip(ds, index).map(
+        lambda ex, i: {'encoded': ex[image_key], 'label': ex[label_key], 'index': i})
+
+  def read(start: int, stop: int) -> dict[str, np.ndarray]:
+    batch = as_dataset(lo + start, lo + stop).batch(stop - start).get_single_element()
+    arrays = {k: v.numpy() for k, v in batch.items()}
+    if len(arrays['label']) != stop - start:
+      raise RuntimeError(f'{name} {split}: expected {stop - start} examples in '
+                         f'[{lo + start}, {lo + stop}), read {len(arrays["label"])}.')
+    return arrays
+
+  return _Shard(split_size=int(piece_starts[-1]), start=lo, stop=hi, blocks=blocks,
+                window_examples=_WINDOW_EXAMPLES, image_field='encoded', read=read,
+                dataset=lambda: as_dataset(lo, hi))
+
+
+# Image folders ------------------------------------------------------------------------------------
+
+
+def _folder_root(dataset: str) -> str:
+  return dataset[len(FOLDER_PREFIX):]
+
+
+def _folder_split_dir(root: str, split: str) -> str:
+  for name in (split,) + _FOLDER_SPLIT_DIRS.get(split, ()):
+    if os.path.isdir(os.path.join(root, name)):
+      return os.path.join(root, name)
+  raise FileNotFoundError(
+      f'Folder dataset {root}: no folder for split {split!r}; looked for '
+      f'{", ".join(os.path.join(root, n) for n in dict.fromkeys((split,) + _FOLDER_SPLIT_DIRS.get(split, ())))}. '
+      'Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or test/).')
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_classes(root: str) -> tuple[str, ...]:
+  train_dir = _folder_split_dir(root, 'train')
+  classes = tuple(sorted(e.name for e in os.scandir(train_dir) if e.is_dir()))
+  if not classes:
+    raise FileNotFoundError(f'Folder dataset {root}: {train_dir} has no class folders.')
+  return classes
+
+
+def _list_images(split_dir: str, classes: Sequence[str]) -> tuple[list[str], list[int]]:
+  class_index = {name: i for i, name in enumerate(classes)}
+  paths, labels = [], []
+  for name in sorted(e.name for e in os.scandir(split_dir) if e.is_dir()):
+    if name not in class_index:
+      raise ValueError(f'{os.path.join(split_dir, name)} is not a class of the training split '
+                       f'({len(classes)} classes in {os.path.dirname(split_dir)}/train).')
+    for directory, _, files in sorted(os.walk(os.path.join(split_dir, name))):
+      for file in sorted(files):
+        if file.lower().endswith(IMAGE_EXTENSIONS):
+          paths.append(os.path.join(directory, file))
+          labels.append(class_index[name])
+  return paths, labels
+
+
+def _decodable(path: tf.Tensor) -> tf.Tensor:
+  """Decodes a whole image cheaply (JPEGs at 1/8 scale); fails like the real decode would."""
+  encoded = tf.io.read_file(path)
+  image = tf.cond(tf.io.is_jpeg(encoded),
+                  lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=8),
+                  lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+  return tf.size(image) > 0
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_split(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal."""
+  split_dir = _folder_split_dir(root, split)
+  paths, labels = _list_images(split_dir, _folder_classes(root))
+  if not paths:
+    raise FileNotFoundError(f'Folder dataset {root}: no {"/".join(IMAGE_EXTENSIONS)} images in '
+                            f'{split_dir}/<class>/.')
+  # One parallel pass that drops every example whose decode fails; the survivors are the good ones.
+  checks = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
+  checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
+  checks = checks.ignore_errors().map(lambda ok, i: i)
+  good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
+  bad = sorted(set(range(len(paths))) - set(good.tolist()))
+  if bad:
+    names = '\n  '.join(paths[i] for i in bad)
+    if strict:
+      raise ValueError(f'{len(bad)} image(s) in {split_dir} cannot be decoded:\n  {names}\n'
+                       'Remove or fix them, or set config.strict_data=False to skip them.')
+    logging.warning('Skipping %d undecodable image(s) in %s (config.strict_data=True makes this '
+                    'an error):\n  %s', len(bad), split_dir, names)
+  good = np.sort(good)
+  return np.array(paths)[good], np.array(labels, np.int64)[good]
+
+
+def _folder_shard(root: str, split: str, strict: bool, process_index: int, process_count: int
+                  ) -> _Shard:
+  paths, labels = _folder_split(root, split, strict)
+  lo, hi = _shard_range(len(paths), process_index, process_count)
+
+  def read(start: int, stop: int) -> dict[str, np.ndarray]:
+    return {'path': paths[lo + start:lo + stop], 'label': labels[lo + start:lo + stop],
+            'index': np.arange(lo + start, lo + stop)}
+
+  # Paths cost nothing to hold: one block, one window, so each epoch is a uniform permutation.
+  return _Shard(split_size=len(paths), start=lo, stop=hi, blocks=((0, hi - lo),),
+                window_examples=hi - lo, image_field='path', read=read,
+                dataset=lambda: tf.data.Dataset.from_tensor_slices(read(0, hi - lo)))
+
+
+# Both ---------------------------------------------------------------------------------------------
+
+
+def _is_folder(config: ml_collections.ConfigDict) -> bool:
+  return config.dataset.startswith(FOLDER_PREFIX)
+
+
+def _shard(config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int
+           ) -> _Shard:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in [0, process_count={process_count}).')
+  return _memoized_shard(config.dataset, config.data_dir, split, config.strict_data,
+                         config.cache, process_index, process_count)
+
+
+@functools.lru_cache(maxsize=8)
+def _memoized_shard(dataset: str, data_dir: str | None, split: str, strict: bool, cache: bool,
+                    process_index: int, process_count: int) -> _Shard:
+  if dataset.startswith(FOLDER_PREFIX):
+    shard = _folder_shard(_folder_root(dataset), split, strict, process_index, process_count)
+  else:
+    shard = _tfds_shard(dataset, data_dir, split, process_index, process_count)
+  return _cached(shard) if cache else shard
+
+
+def _cached(shard: _Shard) -> _Shard:
+  """The same shard with its encoded images read once and kept in memory (small datasets only)."""
+  arrays = shard.read(0, shard.size)
+  if shard.image_field == 'path':
+    arrays['encoded'] = np.array(
+        [tf.io.gfile.GFile(path, 'rb').read() for path in arrays.pop('path')], dtype=object)
+
+  def read(start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in arrays.items()}
+
+  return dataclasses.replace(
+      shard, image_field='encoded', read=read,
+      dataset=lambda: tf.data.Dataset.from_tensor_slices(read(0, shard.size)))
+
+
+def _encoded(example: dict[str, tf.Tensor]) -> tf.Tensor:
+  return example['encoded'] if 'encoded' in example else tf.io.read_file(example['path'])
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1  # parallelism comes from the map, not inside ops
+  return options
+
+
+def _check_sizes(config: ml_collections.ConfigDict) -> None:
+  if config.image_size > config.resize_size:
+    raise ValueError(f'config.image_size={config.image_size} is larger than config.resize_size='
+                     f'{config.resize_size}: crops are taken from the resized image.')
+  if config.eval_crops not in (1, 10):
+    raise ValueError(f'config.eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
+
+
+# --------------------------------------------------------------------------------------------------
+# The data interface (docs/design.md).
+# --------------------------------------------------------------------------------------------------
+
+
+def get_dataset_info(config: ml_collections.ConfigDict):
+  """Class count, class names and split sizes of `config.dataset`: an `alexnet_jax.data.DatasetInfo`."""
+  from alexnet_jax.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
+  if _is_folder(config):
+    root = _folder_root(config.dataset)
+    classes = _folder_classes(root)
+    train = _folder_split(root, config.train_split, config.strict_data)[0]
+    evaluation = _folder_split(root, config.eval_split, config.strict_data)[0]
+    return DatasetInfo(num_classes=len(classes), num_train_examples=len(train),
+                       num_eval_examples=len(evaluation), class_names=classes)
+  builder = _tfds_builder(config.dataset, config.data_dir)
+  label = builder.info.features[builder.info.supervised_keys[1]]
+  return DatasetInfo(
+      num_classes=label.num_classes,
+      num_train_examples=builder.info.splits[config.train_split].num_examples,
+      num_eval_examples=builder.info.splits[config.eval_split].num_examples,
+      class_names=tuple(label.names))
+
+
+def _epoch_windows(shard: _Shard, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+  """Epoch `epoch`'s blocks in a (seed, epoch)-random order, grouped into windows."""
+  order = np.random.default_rng([seed, epoch]).permutation(len(shard.blocks))
+  windows, window, size = [], [], 0
+  for i in order:
+    window.append(shard.blocks[i])
+    size += shard.blocks[i][1] - shard.blocks[i][0]
+    if size >= shard.window_examples:
+      windows.append(window)
+      window, size = [], 0
+  return windows + [window] if window else windows
+
+
+def _read_blocks(shard: _Shard, blocks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+  """The examples of `blocks`, concatenated; blocks are read in parallel (separate files)."""
+  with concurrent.futures.ThreadPoolExecutor(min(len(blocks), 8)) as pool:
+    parts = list(pool.map(lambda block: shard.read(*block), blocks))
+  return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+def _train_windows(shard: _Shard, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's endless training stream from position `start`, a permuted window at a time."""
+  epoch, offset = divmod(start, shard.size)
+  while True:
+    for window_index, blocks in enumerate(_epoch_windows(shard, seed, epoch)):
+      size = sum(b - a for a, b in blocks)
+      if offset >= size:  # seeking: skip the window without reading it
+        offset -= size
+        continue
+      examples = _read_blocks(shard, blocks)
+      order = np.random.default_rng([seed, epoch, window_index]).permutation(size)[offset:]
+      offset = 0
+      examples = {k: v[order] for k, v in examples.items()}
+      examples['epoch'] = np.full(len(order), epoch, np.int64)
+      yield examples
+    epoch += 1
+
+
+def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_batch_size: int,
+                  process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+  """Endless training batches of this process; the first is the batch of global step `start_step`.
+
+  {'image': float32 [local_batch_size, image_size, image_size, 3], 'label': int32 [local_batch_size]}
+  """
+  _check_sizes(config)
+  shard = _shard(config, config.train_split, process_index, process_count)
+  if shard.size < local_batch_size:
+    raise ValueError(f'{config.dataset} {config.train_split}: process {process_index} has '
+                     f'{shard.size} examples, fewer than one batch of {local_batch_size}.')
+  signature = {shard.image_field: tf.TensorSpec([None], tf.string),
+               'label': tf.TensorSpec([None], tf.int64),
+               'index': tf.TensorSpec([None], tf.int64),
+               'epoch': tf.TensorSpec([None], tf.int64)}
+  seed = int(config.seed)
+  windows = tf.data.Dataset.from_generator(
+      lambda: _train_windows(shard, seed, start_step * local_batch_size),
+      output_signature=signature)
+
+  def preprocess(example):
+    key = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), example['epoch']]), example['index'])
+    return {'image': preprocess_train(_encoded(example), key, config),
+            'label': tf.cast(example['label'], tf.int32)}
+
+  ds = windows.prefetch(1).unbatch()
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds.with_options(_options())))
+
+
+def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
+                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over this process's shard of the eval split, padded to a batch count all processes share.
+
+  {'image': float32 [B, S, S, 3] or [B, 10, S, S, 3] (eval_crops=10), 'label': int32 [B],
+   'mask': bool [B]}, where padding examples have mask False.
+  """
+  _check_sizes(config)
+  shard = _shard(config, config.eval_split, process_index, process_count)
+  # The largest shard sets the batch count of every process, so that their collectives line up.
+  largest = -(-shard.split_size // process_count)
+  num_batches = -(-largest // local_batch_size)
+  crops = [10] if config.eval_crops == 10 else []
+  image_shape = crops + [config.image_size, config.image_size, 3]
+
+  ds = shard.dataset().map(
+      lambda ex: {'image': preprocess_eval(_encoded(ex), config),
+                  'label': tf.cast(ex['label'], tf.int32), 'mask': True},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.data.Dataset.from_tensors(
+      {'image': tf.zeros(image_shape), 'label': 0, 'mask': False})
+  ds = ds.concatenate(padding.repeat(num_batches * local_batch_size - shard.size))
+  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds.with_options(_options())))

@@ -1,0 +1,75 @@
+"""Builds a TFDS dataset once, before training; for ImageNet, from the two ILSVRC2012 tar files.
+
+  python -m alexnet_jax.prepare --dataset=imagenet2012 --manual_dir=DIR [--data_dir=TFDS_DATA_DIR]
+
+DIR holds ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar (6.3 GB), downloaded after
+registering at https://image-net.org/download-images. The real TFDS `imagenet2012` builder reads them
+(no extraction needed), converts the few CMYK and PNG training images to RGB JPEG, labels the
+validation images from the label file TFDS ships, and writes record files under --data_dir (TFDS's
+default, ~/tensorflow_datasets, if unset): about 150 GB, a few hours on one machine. Training then
+reads them with `--config.data_dir` set to the same --data_dir.
+
+Other TFDS datasets (e.g. --dataset=imagenette/320px-v2) are downloaded and built the same way.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+tf.config.set_visible_devices([], 'GPU')  # preparing needs no accelerator
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+_DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'TFDS name of the dataset to build.')
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data dir to write to; the same as config.data_dir when training.')
+
+
+def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None = None
+            ) -> tfds.core.DatasetBuilder:
+  """Builds `dataset` into `data_dir` (no-op if it is already there) and returns its builder."""
+  if dataset.startswith('folder:') or dataset.startswith('synthetic'):
+    raise ValueError(f'{dataset!r} is read as it is; there is nothing to prepare.')
+  if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
+    _check_imagenet_tars(manual_dir)
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+  builder.download_and_prepare(download_config=download_config)
+  for name, split in builder.info.splits.items():
+    logging.info('%s %s: %d examples in %d files', dataset, name, split.num_examples,
+                 split.num_shards)
+  logging.info('%s is ready in %s; train with --config.data_dir=%s', dataset, builder.data_dir,
+               data_dir or tfds.core.constants.DATA_DIR)
+  return builder
+
+
+def _check_imagenet_tars(manual_dir: str | None) -> None:
+  if not manual_dir:
+    raise ValueError('ImageNet needs --manual_dir=DIR, the folder holding '
+                     f'{" and ".join(IMAGENET_TARS)} (from https://image-net.org/download-images).')
+  manual_dir = os.path.expanduser(manual_dir)
+  missing = [name for name in IMAGENET_TARS
+             if not tf.io.gfile.exists(os.path.join(manual_dir, name))]
+  if missing:
+    raise FileNotFoundError(
+        f'{", ".join(missing)} not found in --manual_dir={manual_dir}. Download '
+        f'{" and ".join(IMAGENET_TARS)} from https://image-net.org/download-images into that '
+        'folder (do not extract them).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  prepare(_DATASET.value, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

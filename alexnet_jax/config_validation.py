@@ -76,6 +76,7 @@ RULES: dict[str, _Rule] = {
     'seed': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
     'skip_nonfinite_steps': _BOOL,
     'parallelism': _one_of('shard_map', 'pmap'),
+    'model_parallel': _Rule(_INT, lambda v: v in (1, 2), '1 or 2'),
     'log_every_steps': _POSITIVE_INT,
     'eval_every_steps': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for every epoch'),
     'checkpoint_every_steps': _POSITIVE_INT,

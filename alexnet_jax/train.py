@@ -170,18 +170,22 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet) -> di
 
 
 class ShardMapParallel:
-  """jit + shard_map over a 1-D mesh of every device of every process."""
+  """jit + shard_map over a 1-D mesh of every device of every process (or of `devices`)."""
 
-  def __init__(self, train_fn: Callable, eval_fn: Callable):
-    self.mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+  def __init__(self, train_fn: Callable, eval_fn: Callable, devices: list[Any] | None = None):
+    self.mesh = Mesh(np.asarray(devices or jax.devices()), (DATA_AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.split = NamedSharding(self.mesh, P(DATA_AXIS))
+    # check_vma=False keeps pmap's semantics, which the per-device code is written for: the
+    # gradient of a replicated parameter is this device's own gradient, averaged explicitly by
+    # `pmean`. (With varying-manual-axes checking on, autodiff would already psum it.)
     self.train_step = jax.jit(
         jax.shard_map(train_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)),
-                      out_specs=(P(), P())),
+                      out_specs=(P(), P()), check_vma=False),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
-        jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P()))
+        jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(),
+                      check_vma=False))
 
   def put_state(self, tree: Any) -> Any:
     """Replicates host values (identical on every process) to every device; device arrays stay put."""
@@ -210,14 +214,16 @@ class ShardMapParallel:
 
 
 class PmapParallel:
-  """The classic `jax.pmap` over this process's devices; state carries a leading device axis."""
+  """The classic `jax.pmap` over this process's devices (or `devices`); state carries a leading
+  device axis."""
 
-  def __init__(self, train_fn: Callable, eval_fn: Callable):
-    self.devices = jax.local_devices()
+  def __init__(self, train_fn: Callable, eval_fn: Callable, devices: list[Any] | None = None):
+    self.devices = devices or jax.local_devices()
     self.local_mesh = Mesh(np.asarray(self.devices), (DATA_AXIS,))
     self.stacked = NamedSharding(self.local_mesh, P(DATA_AXIS))
-    self.train_step = jax.pmap(train_fn, axis_name=DATA_AXIS, donate_argnums=(0,))
-    self.eval_step = jax.pmap(eval_fn, axis_name=DATA_AXIS)
+    self.train_step = jax.pmap(train_fn, axis_name=DATA_AXIS, donate_argnums=(0,),
+                               devices=self.devices)
+    self.eval_step = jax.pmap(eval_fn, axis_name=DATA_AXIS, devices=self.devices)
 
   def put_state(self, tree: Any) -> Any:
     """Copies host values to every local device (leading device axis); stacked arrays stay put."""
@@ -248,13 +254,15 @@ class PmapParallel:
 
 
 def make_parallel(config: ml_collections.ConfigDict, model: AlexNet,
-                  tx: optax.GradientTransformation) -> ShardMapParallel | PmapParallel:
+                  tx: optax.GradientTransformation, devices: list[Any] | None = None
+                  ) -> ShardMapParallel | PmapParallel:
+  """The per-device steps wrapped by `config.parallelism`, over all devices unless `devices`."""
   train_fn = functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_root_key(config))
   eval_fn = lambda state, batch: eval_step(state.params, batch, model=model)
   if config.parallelism == 'shard_map':
-    return ShardMapParallel(train_fn, eval_fn)
+    return ShardMapParallel(train_fn, eval_fn, devices)
   if config.parallelism == 'pmap':
-    return PmapParallel(train_fn, eval_fn)
+    return PmapParallel(train_fn, eval_fn, devices)
   raise ValueError(f'config.parallelism={config.parallelism!r} is unknown; use one of {PARALLELISMS}')
 
 

@@ -62,14 +62,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimization (§5).
   config.batch_size = 128  # global, across all devices and processes
   config.eval_batch_size = -1  # global; -1: same as batch_size
-  config.num_epochs = 90
+  config.num_epochs = 90.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.optimizer = 'sgd'  # 'sgd' | 'lars' | 'adamw'
   config.learning_rate = 0.01
   config.momentum = 0.9
   config.weight_decay = 5e-4
   config.lr_schedule = 'plateau'  # 'plateau' | 'step' | 'cosine' | 'constant'
-  config.plateau_patience_epochs = 1  # evals without improvement before dividing by 10
+  config.plateau_patience_epochs = 1.0  # evals without improvement before dividing by 10
   config.plateau_factor = 0.1
   config.plateau_max_reductions = 3  # the paper divided the rate 3 times
   config.step_epochs = (30, 60, 80)  # 'step': epochs at which the rate is divided by 10
@@ -84,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.skip_nonfinite_steps = False  # False: a NaN/Inf loss or gradient stops the run; True: skip the step
   config.parallelism = 'shard_map'  # 'shard_map' | 'pmap'
+  config.model_parallel = 1  # 2: the paper's two-device split of every layer (a ('data', 'model') mesh)
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch
   config.checkpoint_every_steps = 1000

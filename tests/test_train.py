@@ -1,0 +1,242 @@
+"""The train step, its two parallel wrappers, evaluation, resume and the loop (8 CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import checkpointing, data, optim, train
+from configs import smoke
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """The smoke config, narrower and shorter: seconds per run on CPU."""
+  config = smoke.get_config()
+  config.model.width = 0.125
+  config.batch_size = 32
+  config.synthetic_train_examples = 512
+  config.synthetic_eval_examples = 96
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def run_steps(config, devices, num_steps, parallelism='shard_map'):
+  """Params after `num_steps` train steps on `devices`, fed the data module's batches."""
+  config.parallelism = parallelism
+  info = data.get_dataset_info(config)
+  model = train.create_model(config, info.num_classes)
+  tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=max(num_steps, 1))
+  parallel = train.make_parallel(config, model, tx, devices)
+  state = parallel.put_state(train.create_train_state(config, model, tx))
+  batches = data.train_batches(config, start_step=0, local_batch_size=config.batch_size,
+                               process_index=0, process_count=1)
+  for _ in range(num_steps):
+    state, _ = parallel.train_step(state, parallel.put_batch(next(batches)))
+  return parallel.fetch(state.params)
+
+
+def assert_trees_close(a, b, rtol, atol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def test_eight_devices_match_one_device_and_pmap_matches_shard_map():
+  # Dropout off: its masks are drawn per device, so they differ between device counts by design.
+  config = tiny_config(**{'model.dropout_rate': 0.0})
+  assert jax.device_count() == 8
+  one = run_steps(config, jax.devices()[:1], num_steps=3)
+  eight = run_steps(config, jax.devices(), num_steps=3)
+  eight_pmap = run_steps(config, jax.devices(), num_steps=3, parallelism='pmap')
+  # The mean over 8 shards of 4 examples sums in another order than over 32 at once: float32
+  # rounding, amplified a little by 3 steps of momentum SGD.
+  assert_trees_close(one, eight, rtol=1e-4, atol=1e-5)
+  assert_trees_close(eight, eight_pmap, rtol=1e-5, atol=1e-6)
+  # And the params did move: the comparison is not between two copies of the init.
+  init = run_steps(config, jax.devices()[:1], num_steps=0)
+  assert not np.allclose(init['fc8']['kernel'], one['fc8']['kernel'])
+
+
+def test_dropout_differs_per_step_and_is_reproducible():
+  config = tiny_config()
+  first = run_steps(config, jax.devices(), num_steps=2)
+  again = run_steps(config, jax.devices(), num_steps=2)
+  assert_trees_close(first, again, rtol=0, atol=0)
+  other_seed = run_steps(tiny_config(seed=1), jax.devices(), num_steps=2)
+  assert not np.allclose(first['fc8']['kernel'], other_seed['fc8']['kernel'])
+
+
+def test_paper_sgd_is_the_papers_update_rule():
+  # v <- 0.9 v - 0.0005 lr w - lr g ;  w <- w + v   (§5), with a rate that changes mid-way.
+  tx = optim.paper_sgd(learning_rate=lambda count: jnp.where(count < 2, 0.1, 0.01),
+                       momentum=0.9, weight_decay=5e-4)
+  w = np.array([1.0, -2.0], np.float32)
+  params, state = jnp.asarray(w), tx.init(jnp.asarray(w))
+  v = np.zeros(2, np.float32)
+  for step in range(4):
+    g = np.array([0.3, 0.1 * step], np.float32)
+    lr = 0.1 if step < 2 else 0.01
+    v = 0.9 * v - 5e-4 * lr * w - lr * g
+    w = w + v
+    updates, state = tx.update(jnp.asarray(g), state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params, w, rtol=1e-6)
+
+
+@pytest.mark.parametrize('schedule', ['step', 'cosine', 'constant', 'plateau'])
+def test_learning_rate_schedules_with_warmup(schedule):
+  config = tiny_config(lr_schedule=schedule, warmup_epochs=1.0, learning_rate=0.1,
+                       step_epochs=(2, 3))
+  rates = optim.create_learning_rate_schedule(config, steps_per_epoch=10, total_steps=40)
+  assert float(rates(0)) == 0.0 and float(rates(5)) == pytest.approx(0.05)
+  assert float(rates(10)) == pytest.approx(0.1)
+  if schedule == 'step':
+    assert float(rates(25)) == pytest.approx(0.01) and float(rates(35)) == pytest.approx(0.001)
+  if schedule == 'cosine':
+    assert float(rates(25)) == pytest.approx(0.05) and float(rates(40)) == pytest.approx(0.0)
+  if schedule in ('constant', 'plateau'):
+    assert float(rates(39)) == pytest.approx(0.1)
+
+
+def test_linear_scaling_of_the_learning_rate():
+  config = tiny_config(scale_lr_with_batch=True, learning_rate=0.01, base_batch_size=128,
+                       batch_size=512)
+  assert optim.base_learning_rate(config) == pytest.approx(0.04)
+
+
+def test_eval_on_an_odd_sized_set_counts_every_example_once():
+  config = tiny_config(synthetic_eval_examples=37)
+  info = data.get_dataset_info(config)
+  model = train.create_model(config, info.num_classes)
+  tx = optim.create_optimizer(config, 16, 10)
+  parallel = train.make_parallel(config, model, tx)
+  host_state = train.create_train_state(config, model, tx)
+  state = parallel.put_state(host_state)
+  results = train.evaluate(parallel, state, config, local_batch_size=16)
+  assert results['count'] == 37
+  # The same numbers computed directly, one example at a time, on one device.
+  examples = list(data.eval_batches(config, local_batch_size=37, process_index=0, process_count=1))
+  assert len(examples) == 1 and examples[0]['mask'].all()
+  logits = model.apply({'params': host_state.params}, examples[0]['image'])
+  log_probs = jax.nn.log_softmax(logits)
+  labels = examples[0]['label']
+  expected_loss = float(-np.mean(np.take_along_axis(np.asarray(log_probs), labels[:, None], 1)))
+  expected_top1 = float(np.mean(np.argmax(logits, -1) != labels))
+  assert results['loss'] == pytest.approx(expected_loss, rel=1e-5)
+  assert results['top1_err'] == pytest.approx(expected_top1)
+
+
+def test_ten_crop_eval_averages_softmax_predictions():
+  config = tiny_config(eval_crops=10, synthetic_eval_examples=8)
+  info = data.get_dataset_info(config)
+  model = train.create_model(config, info.num_classes)
+  params = train.create_train_state(config, model, optax.sgd(0.1)).params
+  batch = next(data.eval_batches(config, local_batch_size=8, process_index=0, process_count=1))
+  crops = np.array(batch['image'])
+  crops[:, 1:] += np.random.default_rng(0).normal(size=crops[:, 1:].shape).astype(np.float32)
+  batch = dict(batch, image=crops)
+  sums = jax.jit(jax.shard_map(
+      lambda b: train.eval_step(params, b, model=model),
+      mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
+      in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
+  probs = jax.nn.softmax(model.apply({'params': params}, crops.reshape((-1,) + crops.shape[2:])))
+  mean_probs = np.asarray(probs).reshape(8, 10, -1).mean(1)
+  expected_loss = -np.log(mean_probs[np.arange(8), batch['label']]).sum()
+  assert float(sums['count']) == 8
+  assert float(sums['loss']) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
+  config = tiny_config(num_epochs=4, eval_every_steps=32, log_every_steps=16,
+                       checkpoint_every_steps=32, **{'model.dropout_rate': 0.0})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train_rows = [r for r in records if r['split'] == 'train']
+  eval_rows = [r for r in records if r['split'] == 'eval']
+  for row in records:
+    assert {'step', 'split', 'loss', 'top1_err', 'top5_err', 'learning_rate',
+            'examples_per_sec'} <= set(row)
+  assert train_rows[-1]['loss'] < 0.5 * train_rows[0]['loss']
+  # 10 classes: chance is 0.9 top-1 error.
+  assert eval_rows[-1]['top1_err'] < 0.3 and eval_rows[-1]['num_examples'] == 96
+  assert eval_rows[-1]['step'] == 64 == int(jax.device_get(state.step))
+  run_info = json.loads((tmp_path / 'run_info.json').read_text())
+  assert run_info['finished'] and run_info['device_count'] == 8
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['width'] == 0.125
+  assert list((tmp_path / 'tensorboard' / 'train').iterdir())
+  assert checkpointing.Checkpointer(str(tmp_path), 3).latest_step() == 64
+
+
+def test_plateau_divides_the_rate_when_eval_error_stops_improving(tmp_path):
+  # A learning rate so small nothing improves: every eval after the first is a plateau.
+  config = tiny_config(lr_schedule='plateau', learning_rate=1e-9, num_train_steps=8,
+                       eval_every_steps=2, log_every_steps=2, plateau_patience_epochs=0.1,
+                       plateau_max_reductions=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  eval_rates = [r['learning_rate'] for r in records if r['split'] == 'eval']
+  # Rates as the eval saw them, before that eval's own plateau decision.
+  assert eval_rates == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11])
+
+
+def _main(workdir, *overrides, check=True):
+  command = [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/smoke.py',
+             f'--workdir={workdir}', '--config.model.width=0.125', '--config.batch_size=32',
+             '--config.synthetic_train_examples=512', '--config.synthetic_eval_examples=64',
+             '--config.lr_schedule=constant', '--config.log_every_steps=2',
+             '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4', *overrides]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f'{command} failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return result
+
+
+def _restore_params(workdir):
+  from orbax import checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints')
+  manager = ocp.CheckpointManager(path)
+  restored = manager.restore(manager.latest_step())
+  return manager.latest_step(), restored['params']
+
+
+def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  _main(straight, '--config.num_train_steps=8')
+  _main(resumed, '--config.num_train_steps=4')
+  second = _main(resumed, '--config.num_train_steps=8')
+  assert 'resuming from' in second.stderr
+  step_a, params_a = _restore_params(straight)
+  step_b, params_b = _restore_params(resumed)
+  assert step_a == step_b == 8
+  assert_trees_close(params_a, params_b, rtol=0, atol=0)  # bit for bit
+  eval_rows = lambda d: [json.loads(l) for l in open(os.path.join(d, 'metrics.jsonl'))
+                         if '"eval"' in l]
+  assert eval_rows(straight)[-1]['loss'] == eval_rows(resumed)[-1]['loss']
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.batch_size=30', 'config.batch_size=30 does not split evenly over 8 devices'),
+    ('--config.optimizer=rmsprop', "config.optimizer='rmsprop' is invalid: expected one of 'sgd'"),
+    ('--config.lr_schedule=linear', "config.lr_schedule='linear' is invalid"),
+])
+def test_bad_configs_fail_fast_with_a_clear_message(tmp_path, override, message):
+  command = [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/smoke.py',
+             f'--workdir={tmp_path}', override]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert message in result.stderr
+  assert not (tmp_path / 'checkpoints').exists()

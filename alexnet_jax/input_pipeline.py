@@ -40,6 +40,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from absl import logging
@@ -79,6 +80,10 @@ _FOLDER_SPLIT_DIRS = {
     'val': ('val', 'validation', 'test'),
     'test': ('test',),
 }
+
+
+# Making TFDS datasets is not thread-safe; window readers of several pipelines may run at once.
+_TFDS_LOCK = threading.Lock()
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -241,10 +246,10 @@ def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf
 class _Shard:
   """One process's contiguous range [start, stop) of the examples of a split, in a fixed order.
 
-  `read(a, b)` returns numpy arrays for the shard's examples [a, b): 'label', 'index' (the example's
-  index in the whole split) and `image_field`: 'encoded' (image bytes) or 'path' (an image file).
-  `dataset()` is all of them, in order. `blocks` cut [0, size) into ranges that are cheap to read as
-  a unit; a training epoch loads and permutes about `window_examples` examples at a time.
+  `examples(a, b)` is a dataset of the shard's examples [a, b), in order: 'label', 'index' (the
+  example's index in the whole split) and `image_field`: 'encoded' (image bytes) or 'path' (an image
+  file). `blocks` cut [0, size) into ranges that are cheap to read as a unit; a training epoch loads
+  and permutes about `window_examples` examples at a time.
   """
   split_size: int
   start: int
@@ -252,8 +257,7 @@ class _Shard:
   blocks: tuple[tuple[int, int], ...]
   window_examples: int
   image_field: str
-  read: Callable[[int, int], dict[str, np.ndarray]]
-  dataset: Callable[[], tf.data.Dataset]
+  examples: Callable[[int, int], tf.data.Dataset]
 
   @property
   def size(self) -> int:
@@ -314,8 +318,9 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
   pieces = []
   for instruction in tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits):
     length = builder.info.splits[instruction.splitname].num_examples
-    from_, to = instruction.from_ % (length + 1), instruction.to % (length + 1)
-    pieces.append((instruction.splitname, from_, to))
+    from_, to = (0 if i is None else i + length if i < 0 else i  # None: an end; < 0: from the end
+                 for i in (instruction.from_, instruction.to))
+    pieces.append((instruction.splitname, from_, length if instruction.to is None else to))
   piece_starts = np.cumsum([0] + [to - from_ for _, from_, to in pieces])
   lo, hi = _shard_range(int(piece_starts[-1]), process_index, process_count)
 
@@ -335,27 +340,18 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
     boundaries.update(int(b) for b in file_ends if offset < b < offset + to - from_)
   blocks = tuple((a - lo, b - lo) for a, b in _split_blocks(sorted(boundaries), lo, hi))
 
-  def as_dataset(start: int, stop: int) -> tf.data.Dataset:
-    specs = locate(start, stop)
-    ds = builder.as_dataset(
-        split='+'.join(specs), decoders=decoders, shuffle_files=False,
-        read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
-    ds = ds.take(stop - start)
-    index = tf.data.Dataset.range(start, stop)
-    return tf.data.Dataset.zip(ds, index).map(
+  def examples(start: int, stop: int) -> tf.data.Dataset:
+    # In file order (one reader per file in turn), so that the n-th record is example start + n.
+    with _TFDS_LOCK:
+      ds = builder.as_dataset(
+          split='+'.join(locate(lo + start, lo + stop)), decoders=decoders, shuffle_files=False,
+          read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+    ds = ds.take(stop - start).apply(tf.data.experimental.assert_cardinality(stop - start))
+    return tf.data.Dataset.zip(ds, tf.data.Dataset.range(lo + start, lo + stop)).map(
         lambda ex, i: {'encoded': ex[image_key], 'label': ex[label_key], 'index': i})
 
-  def read(start: int, stop: int) -> dict[str, np.ndarray]:
-    batch = as_dataset(lo + start, lo + stop).batch(stop - start).get_single_element()
-    arrays = {k: v.numpy() for k, v in batch.items()}
-    if len(arrays['label']) != stop - start:
-      raise RuntimeError(f'{name} {split}: expected {stop - start} examples in '
-                         f'[{lo + start}, {lo + stop}), read {len(arrays["label"])}.')
-    return arrays
-
   return _Shard(split_size=int(piece_starts[-1]), start=lo, stop=hi, blocks=blocks,
-                window_examples=_WINDOW_EXAMPLES, image_field='encoded', read=read,
-                dataset=lambda: as_dataset(lo, hi))
+                window_examples=_WINDOW_EXAMPLES, image_field='encoded', examples=examples)
 
 
 # Image folders ------------------------------------------------------------------------------------
@@ -438,14 +434,14 @@ def _folder_shard(root: str, split: str, strict: bool, process_index: int, proce
   paths, labels = _folder_split(root, split, strict)
   lo, hi = _shard_range(len(paths), process_index, process_count)
 
-  def read(start: int, stop: int) -> dict[str, np.ndarray]:
-    return {'path': paths[lo + start:lo + stop], 'label': labels[lo + start:lo + stop],
-            'index': np.arange(lo + start, lo + stop)}
+  def examples(start: int, stop: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(
+        {'path': paths[lo + start:lo + stop], 'label': labels[lo + start:lo + stop],
+         'index': np.arange(lo + start, lo + stop)})
 
   # Paths cost nothing to hold: one block, one window, so each epoch is a uniform permutation.
   return _Shard(split_size=len(paths), start=lo, stop=hi, blocks=((0, hi - lo),),
-                window_examples=hi - lo, image_field='path', read=read,
-                dataset=lambda: tf.data.Dataset.from_tensor_slices(read(0, hi - lo)))
+                window_examples=hi - lo, image_field='path', examples=examples)
 
 
 # Both ---------------------------------------------------------------------------------------------
@@ -475,17 +471,22 @@ def _memoized_shard(dataset: str, data_dir: str | None, split: str, strict: bool
 
 def _cached(shard: _Shard) -> _Shard:
   """The same shard with its encoded images read once and kept in memory (small datasets only)."""
-  arrays = shard.read(0, shard.size)
+  examples = shard.examples(0, shard.size)
   if shard.image_field == 'path':
-    arrays['encoded'] = np.array(
-        [tf.io.gfile.GFile(path, 'rb').read() for path in arrays.pop('path')], dtype=object)
-
-  def read(start: int, stop: int) -> dict[str, np.ndarray]:
-    return {k: v[start:stop] for k, v in arrays.items()}
+    examples = examples.map(lambda ex: {'encoded': tf.io.read_file(ex['path']),
+                                        'label': ex['label'], 'index': ex['index']},
+                            num_parallel_calls=tf.data.AUTOTUNE)
+  arrays = _to_numpy(examples, shard.size)
 
   return dataclasses.replace(
-      shard, image_field='encoded', read=read,
-      dataset=lambda: tf.data.Dataset.from_tensor_slices(read(0, shard.size)))
+      shard, image_field='encoded',
+      examples=lambda start, stop: tf.data.Dataset.from_tensor_slices(
+          {k: v[start:stop] for k, v in arrays.items()}))
+
+
+def _to_numpy(examples: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
+  """All `count` elements of `examples` as numpy arrays."""
+  return {k: v.numpy() for k, v in examples.batch(count).get_single_element().items()}
 
 
 def _encoded(example: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -545,9 +546,10 @@ def _epoch_windows(shard: _Shard, seed: int, epoch: int) -> list[list[tuple[int,
 
 
 def _read_blocks(shard: _Shard, blocks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-  """The examples of `blocks`, concatenated; blocks are read in parallel (separate files)."""
+  """The examples of `blocks`, concatenated; the blocks (separate files) are read in parallel."""
+  datasets = [(shard.examples(a, b), b - a) for a, b in blocks]
   with concurrent.futures.ThreadPoolExecutor(min(len(blocks), 8)) as pool:
-    parts = list(pool.map(lambda block: shard.read(*block), blocks))
+    parts = list(pool.map(lambda dataset_count: _to_numpy(*dataset_count), datasets))
   return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
@@ -616,7 +618,7 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
   crops = [10] if config.eval_crops == 10 else []
   image_shape = crops + [config.image_size, config.image_size, 3]
 
-  ds = shard.dataset().map(
+  ds = shard.examples(0, shard.size).map(
       lambda ex: {'image': preprocess_eval(_encoded(ex), config),
                   'label': tf.cast(ex['label'], tf.int32), 'mask': True},
       num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,251 @@
+"""The paper's augmentation, one function at a time, and the TFDS ImageNet path on `tfds.testing.mock_data`."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import input_pipeline
+from configs import default
+import input_images
+
+KEYS = [tf.constant([7, i], tf.int64) for i in range(40)]
+
+
+def _jpeg(height: int, width: int, seed: int = 0) -> tf.Tensor:
+  return tf.constant(input_images.encode(input_images.image_array(np.random.default_rng(seed),
+                                                                  height, width)))
+
+
+def _image(height: int = 12, width: int = 16) -> tf.Tensor:
+  return tf.constant(np.random.default_rng(1).uniform(0, 255, (height, width, 3)), tf.float32)
+
+
+# Augmentation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('height,width', [(375, 500), (500, 375), (256, 256), (100, 180)])
+def test_random_crop_window_lies_inside_the_image(height, width):
+  windows = np.array([input_pipeline.random_crop_window(
+      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
+                      for key in KEYS])
+  y, x, h, w = windows.T
+  expected_side = round(min(height, width) * 227 / 256)  # 227 resized pixels in source pixels
+  np.testing.assert_array_equal(h, expected_side)
+  np.testing.assert_array_equal(w, expected_side)
+  assert (y >= 0).all() and (x >= 0).all()
+  assert (y + h <= height).all() and (x + w <= width).all()
+  # Offsets are spread over the room the longer side leaves, not stuck at one place.
+  longer_offsets = x if width > height else y
+  if height != width:
+    assert len(set(longer_offsets.tolist())) > 10
+
+
+def test_center_crop_window_is_centered():
+  y, x, h, w = input_pipeline.center_crop_window(
+      tf.constant(375), tf.constant(500), resize_size=256, image_size=227).numpy()
+  assert h == w == round(375 * 227 / 256)
+  assert y == (375 - h) // 2 and x == (500 - w) // 2
+
+
+@pytest.mark.parametrize('image_format', ['JPEG', 'PNG'])
+def test_random_crop_decodes_a_resized_square(image_format):
+  array = input_images.image_array(np.random.default_rng(0), 60, 80)
+  encoded = tf.constant(input_images.encode(array, image_format))
+  crop = input_pipeline.random_crop(KEYS[0], encoded, resize_size=36, image_size=32).numpy()
+  assert crop.shape == (32, 32, 3) and crop.dtype == np.float32
+  # The crop is a resized piece of the image: an exact match for the PNG, JPEG loss aside otherwise.
+  y, x, h, _ = input_pipeline.random_crop_window(KEYS[0], tf.constant(60), tf.constant(80),
+                                                 resize_size=36, image_size=32).numpy()
+  expected = tf.image.resize(array[y:y + h, x:x + h], [32, 32]).numpy()
+  tolerance = 0.01 if image_format == 'PNG' else 12
+  assert np.abs(crop - expected).mean() < tolerance
+
+
+def test_flip_mirrors_half_the_time():
+  image = _image()
+  flipped = 0
+  for key in KEYS:
+    out = input_pipeline.flip(key, image).numpy()
+    if np.array_equal(out, image.numpy()[:, ::-1]):
+      flipped += 1
+    else:
+      np.testing.assert_array_equal(out, image.numpy())
+  assert 8 <= flipped <= 32
+
+
+def test_pca_lighting_shifts_every_pixel_by_one_rgb_vector():
+  image = _image()
+  shifts = []
+  for key in KEYS[:10]:
+    shift = (input_pipeline.pca_lighting(key, image, 0.1) - image).numpy()
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0, 0], shift.shape), atol=1e-4)
+    shifts.append(shift[0, 0])
+  shifts = np.array(shifts)
+  assert np.abs(shifts).max() > 0.5  # a few grey levels: 0.1 * 55.5 along the first component
+  assert len({tuple(s.round(4)) for s in shifts}) == 10  # a fresh alpha per key
+  # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1) coefficients.
+  eigenvectors = np.array(input_pipeline.IMAGENET_PCA_EIGENVECTORS)
+  alphas = np.linalg.solve(eigenvectors, shifts.T).T / np.array(
+      input_pipeline.IMAGENET_PCA_EIGENVALUES)
+  assert np.abs(alphas).max() < 0.5
+  np.testing.assert_array_equal(input_pipeline.pca_lighting(KEYS[0], image, 0.0), image)
+
+
+def test_subtract_mean_and_divide_std():
+  mean_image = tf.ones([4, 5, 3]) * tf.constant(input_pipeline.IMAGENET_MEAN_RGB)
+  np.testing.assert_allclose(input_pipeline.subtract_mean(mean_image), 0, atol=1e-4)
+  std_image = tf.ones([4, 5, 3]) * tf.constant(input_pipeline.IMAGENET_STD_RGB)
+  np.testing.assert_allclose(input_pipeline.divide_std(std_image), 1, atol=1e-6)
+
+
+def test_ten_crop_is_corners_center_and_their_mirrors():
+  image = _image(12, 16)
+  crops = input_pipeline.ten_crop(image, 8).numpy()
+  assert crops.shape == (10, 8, 8, 3)
+  array = image.numpy()
+  expected = [array[:8, :8], array[:8, 8:], array[4:, :8], array[4:, 8:], array[2:10, 4:12]]
+  for i, crop in enumerate(expected):
+    np.testing.assert_array_equal(crops[i], crop)
+    np.testing.assert_array_equal(crops[5 + i], crop[:, ::-1])
+
+
+def test_resize_shorter_side():
+  resized = input_pipeline.resize_shorter_side(tf.zeros([375, 500, 3], tf.uint8), 256)
+  assert resized.shape == (256, 341, 3)
+
+
+def test_preprocess_train_switches():
+  config = default.get_config()
+  config.resize_size, config.image_size = 40, 32
+  encoded = _jpeg(48, 64)
+  for name in ('random_crop', 'flip', 'pca_lighting', 'subtract_mean', 'divide_std'):
+    config.augment[name] = False if name != 'pca_lighting' else 0.0
+  plain = input_pipeline.preprocess_train(encoded, KEYS[0], config).numpy()
+  # All off: the center crop, on the 0..255 scale, the same for every key.
+  np.testing.assert_array_equal(plain, input_pipeline.preprocess_train(encoded, KEYS[1], config))
+  np.testing.assert_allclose(plain, input_pipeline.center_crop(encoded, resize_size=40,
+                                                                image_size=32), atol=1e-4)
+  assert plain.min() >= 0 and plain.max() > 100
+  config.augment.subtract_mean = True
+  config.augment.divide_std = True
+  normalized = input_pipeline.preprocess_train(encoded, KEYS[0], config).numpy()
+  np.testing.assert_allclose(
+      normalized, (plain - input_pipeline.IMAGENET_MEAN_RGB) / input_pipeline.IMAGENET_STD_RGB,
+      atol=1e-4)
+
+
+def test_preprocess_eval_shapes():
+  config = default.get_config()
+  config.resize_size, config.image_size = 40, 32
+  assert input_pipeline.preprocess_eval(_jpeg(48, 64), config).shape == (32, 32, 3)
+  config.eval_crops = 10
+  assert input_pipeline.preprocess_eval(_jpeg(64, 48), config).shape == (10, 32, 32, 3)
+
+
+# imagenet2012 on mock data --------------------------------------------------------------------------
+
+MOCK_TRAIN_FILES = [13, 13, 12, 12]  # examples per record file
+MOCK_VALIDATION_FILES = [11]
+
+
+def _mock_config(data_dir: str):
+  config = default.get_config()
+  config.data_dir = data_dir  # keys the pipeline's memos apart from other tests
+  config.resize_size, config.image_size = 40, 32
+  return config
+
+
+@pytest.fixture
+def mock_imagenet(tmp_path):
+  """imagenet2012 metadata with tiny splits, and TFDS mocked to make up its examples."""
+  metadata_dir = str(tmp_path / 'metadata')
+  builder = tfds.builder('imagenet2012', data_dir=metadata_dir)
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=0)
+      for name, lengths in (('train', MOCK_TRAIN_FILES), ('validation', MOCK_VALIDATION_FILES))]))
+  os.makedirs(builder.data_dir)
+  builder.info.write_to_directory(builder.data_dir)
+  with tfds.testing.mock_data(num_examples=max(MOCK_TRAIN_FILES + MOCK_VALIDATION_FILES),
+                              policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata_dir):
+    yield str(tmp_path / 'data_dir')
+
+
+def test_mock_imagenet_info(mock_imagenet):
+  info = input_pipeline.get_dataset_info(_mock_config(mock_imagenet))
+  assert info.num_classes == 1000
+  assert info.num_train_examples == sum(MOCK_TRAIN_FILES)
+  assert info.num_eval_examples == sum(MOCK_VALIDATION_FILES)
+  assert info.class_names[0] == 'n01440764'
+
+
+def test_mock_imagenet_train_batches(mock_imagenet):
+  config = _mock_config(mock_imagenet)
+  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=8,
+                                         process_index=0, process_count=1)
+  for _ in range(8):  # more than an epoch of 50
+    batch = next(batches)
+    assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.float32
+    assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
+    assert np.isfinite(batch['image']).all()
+    assert ((batch['label'] >= 0) & (batch['label'] < 1000)).all()
+    # Mean subtracted, divided by the std: inputs on a unit scale.
+    assert 0.2 < batch['image'].std() < 3
+
+
+def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):
+  # Windows of two record files: an epoch of 50 is two windows, so seeks land in either.
+  monkeypatch.setattr(input_pipeline, '_WINDOW_EXAMPLES', 20)
+  config = _mock_config(mock_imagenet)
+  kwargs = dict(local_batch_size=6, process_index=0, process_count=1)
+  stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+  uninterrupted = [next(stream) for _ in range(12)]  # 72 examples: into the second epoch
+  for start in (3, 5, 9):
+    resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+    for step in range(start, start + 3):
+      batch = next(resumed)
+      np.testing.assert_array_equal(batch['image'], uninterrupted[step]['image'])
+      np.testing.assert_array_equal(batch['label'], uninterrupted[step]['label'])
+
+
+@pytest.mark.parametrize('eval_crops', [1, 10])
+def test_mock_imagenet_eval_batches_pad_and_mask(mock_imagenet, eval_crops):
+  config = _mock_config(mock_imagenet)
+  config.eval_crops = eval_crops
+  counts = []
+  for process_index in range(3):
+    batches = list(input_pipeline.eval_batches(config, local_batch_size=2,
+                                               process_index=process_index, process_count=3))
+    assert len(batches) == 2  # the largest shard: ceil(11 / 3) = 4 examples, 2 batches
+    for batch in batches:
+      expected = (2, 10, 32, 32, 3) if eval_crops == 10 else (2, 32, 32, 3)
+      assert batch['image'].shape == expected
+      assert batch['mask'].dtype == bool
+      assert not batch['image'][~batch['mask']].any()  # padding is zeros
+    counts.append(sum(int(b['mask'].sum()) for b in batches))
+  assert counts == [3, 4, 4]  # together every example, once
+
+
+def test_unprepared_imagenet_names_the_prepare_command(tmp_path):
+  config = _mock_config(str(tmp_path / 'empty'))
+  with pytest.raises(input_pipeline.DatasetNotPreparedError) as error:
+    input_pipeline.get_dataset_info(config)
+  message = str(error.value)
+  assert ('python -m alexnet_jax.prepare --dataset=imagenet2012 --manual_dir=DIR '
+          f'--data_dir={tmp_path / "empty"}') in message
+  assert 'ILSVRC2012_img_train.tar' in message and 'ILSVRC2012_img_val.tar' in message
+  assert 'Traceback' not in message
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+  config = _mock_config(str(tmp_path))
+  config.dataset = 'no_such_dataset_xyz'
+  with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'.*folder:"):
+    input_pipeline.get_dataset_info(config)
+
+
+def test_tensorflow_sees_no_gpu():
+  # Importing the pipeline hides every GPU from TensorFlow (meaningful on a GPU machine).
+  assert tf.config.get_visible_devices('GPU') == []

@@ -1,0 +1,122 @@
+"""`prepare` builds imagenet2012 with the real TFDS builder from a miniature of the ILSVRC2012 tar files,
+and the pipeline reads the result: shards, resumption, evaluation."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import prepare
+from configs import default
+import imagenet_miniature
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  """(manual_dir, data_dir) of a miniature ImageNet built by `prepare`."""
+  root = tmp_path_factory.mktemp('imagenet')
+  manual_dir = imagenet_miniature.write_imagenet_tars(str(root / 'manual'))
+  data_dir = str(root / 'tfds')
+  prepare.prepare('imagenet2012', manual_dir=manual_dir, data_dir=data_dir)
+  return manual_dir, data_dir
+
+
+def _config(data_dir: str, **overrides):
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.resize_size, config.image_size = 40, 32
+  config.update(overrides)
+  return config
+
+
+def test_prepare_builds_every_image_as_an_rgb_jpeg(prepared):
+  _, data_dir = prepared
+  builder = tfds.builder('imagenet2012', data_dir=data_dir)
+  num_train = sum(map(len, imagenet_miniature.TRAIN_IMAGES.values()))
+  assert builder.info.splits['train'].num_examples == num_train
+  assert builder.info.splits['validation'].num_examples == imagenet_miniature.NUM_VAL_IMAGES
+  train = tfds.as_numpy(builder.as_dataset(
+      split='train', decoders={'image': tfds.decode.SkipDecoding()}))
+  examples = {ex['file_name'].decode(): ex for ex in train}
+  label_names = builder.info.features['label'].names
+  for synset, names in imagenet_miniature.TRAIN_IMAGES.items():
+    for name in names:
+      assert label_names[examples[name]['label']] == synset
+  # The CMYK image and the PNG were converted to RGB JPEGs by the builder.
+  for name in (imagenet_miniature.CMYK_IMAGE, imagenet_miniature.PNG_IMAGE):
+    image = Image.open(io.BytesIO(examples[name]['image']))
+    assert (image.format, image.mode) == ('JPEG', 'RGB')
+  # Validation labels come from the list TFDS ships, in file-name order.
+  shipped = tfds.core.tfds_path('datasets/imagenet2012/validation_labels.txt').read_text().split()
+  validation = tfds.as_numpy(builder.as_dataset(split='validation'))
+  for ex in validation:
+    number = int(ex['file_name'].decode()[len('ILSVRC2012_val_'):-len('.JPEG')])
+    assert label_names[ex['label']] == shipped[number - 1]
+
+
+def test_prepare_is_idempotent(prepared):
+  manual_dir, data_dir = prepared
+  builder = prepare.prepare('imagenet2012', manual_dir=manual_dir, data_dir=data_dir)
+  assert builder.info.splits['train'].num_examples == 9
+
+
+def test_prepare_without_the_tars_says_what_to_download(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar '
+                     r'not found in --manual_dir=.*image-net.org'):
+    prepare.prepare('imagenet2012', manual_dir=str(tmp_path), data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(ValueError, match='--manual_dir=DIR'):
+    prepare.prepare('imagenet2012', data_dir=str(tmp_path / 'tfds'))
+
+
+def test_prepared_info(prepared):
+  info = input_pipeline.get_dataset_info(_config(prepared[1]))
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 9, 5)
+
+
+def _images(batches) -> list[bytes]:
+  return [image.tobytes() for batch in batches for image in batch['image'][batch.get(
+      'mask', np.ones(len(batch['image']), bool))]]
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(prepared):
+  # No randomness (center crops), so an image identifies its example.
+  config = _config(prepared[1])
+  for name in ('random_crop', 'flip'):
+    config.augment[name] = False
+  config.augment.pca_lighting = 0.0
+  everyone = set()
+  for process_index in range(3):  # 3 training examples each: one batch of 3 is one epoch
+    batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=3,
+                                           process_index=process_index, process_count=3)
+    mine = set(_images([next(batches)]))
+    assert len(mine) == 3 and not mine & everyone
+    everyone |= mine
+  assert len(everyone) == 9
+  evaluated = []
+  for process_index in range(2):
+    evaluated += _images(input_pipeline.eval_batches(config, local_batch_size=2,
+                                                     process_index=process_index, process_count=2))
+  alone = _images(input_pipeline.eval_batches(config, local_batch_size=2, process_index=0,
+                                              process_count=1))
+  assert len(evaluated) == 5 and sorted(evaluated) == sorted(alone)
+
+
+def test_resume_on_record_files_matches_the_uninterrupted_stream(prepared, monkeypatch):
+  # A split spec of three pieces gives three blocks; windows of two examples make several windows
+  # per epoch, so resuming seeks across windows and epochs.
+  monkeypatch.setattr(input_pipeline, '_WINDOW_EXAMPLES', 2)
+  config = _config(prepared[1], train_split='train[:3]+train[3:6]+train[6:]')
+  kwargs = dict(local_batch_size=2, process_index=0, process_count=1)
+  stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+  uninterrupted = [next(stream) for _ in range(14)]  # 28 examples: three epochs and a bit
+  labels = np.concatenate([b['label'] for b in uninterrupted])
+  assert sorted(labels[:9]) == sorted(labels[9:18])  # each epoch visits every example once
+  assert not all(np.array_equal(uninterrupted[i]['image'], uninterrupted[i + 9]['image'])
+                 for i in range(4))  # fresh augmentation each epoch
+  for start in (1, 4, 10):
+    resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+    for step in range(start, start + 3):
+      np.testing.assert_array_equal(next(resumed)['image'], uninterrupted[step]['image'])

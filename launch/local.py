@@ -1,0 +1,125 @@
+r"""Starts K processes of one training run on this machine: multi-host without a cluster.
+
+  python -m launch.local --num_processes=2 -- \
+      --config=configs/smoke.py --workdir=/tmp/alexnet_2proc
+
+Everything after `--` goes to `python -m alexnet_jax.main` (or --module) in every process, followed
+by --coordinator_address (a free port on 127.0.0.1), --num_processes and --process_id. Each
+output line is prefixed with its process index. On CPU, --cpu_devices_per_process sets how many
+devices each process simulates; on GPUs, --gpus_per_process hands each process its own GPUs.
+
+SIGINT, SIGTERM and SIGUSR1 are passed on to every process (the train loop checkpoints and exits on
+SIGTERM/SIGUSR1). If one process fails, the others are given the distributed runtime's heartbeat
+timeout to fail on their own, then killed; the exit status is the first failure's.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app
+from absl import flags
+
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 2, 'Processes to start.', lower_bound=1)
+_MODULE = flags.DEFINE_string('module', 'alexnet_jax.main', 'Python module each process runs.')
+_CPU_DEVICES_PER_PROCESS = flags.DEFINE_integer(
+    'cpu_devices_per_process', None,
+    'Simulated CPU devices per process (XLA --xla_force_host_platform_device_count); '
+    'default: whatever XLA_FLAGS already says, else 1.')
+_GPUS_PER_PROCESS = flags.DEFINE_integer(
+    'gpus_per_process', 0, 'GPUs per process: process k gets GPUs [k*G, (k+1)*G) of those visible. '
+    '0: do not touch CUDA_VISIBLE_DEVICES (CPU runs).')
+
+# alexnet_jax/distributed.py declares a silent peer dead after 60 s; give the survivors a bit more
+# to exit on their own before killing them.
+_FAILURE_GRACE_SECONDS = 90
+_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock.bind(('127.0.0.1', 0))
+    return sock.getsockname()[1]
+
+
+def _process_env(process_id: int) -> dict[str, str]:
+  env = dict(os.environ)
+  if _CPU_DEVICES_PER_PROCESS.value is not None:
+    xla_flags = [f for f in env.get('XLA_FLAGS', '').split()
+                 if not f.startswith('--xla_force_host_platform_device_count')]
+    xla_flags.append(f'--xla_force_host_platform_device_count={_CPU_DEVICES_PER_PROCESS.value}')
+    env['XLA_FLAGS'] = ' '.join(xla_flags)
+  if _GPUS_PER_PROCESS.value:
+    visible = env.get('CUDA_VISIBLE_DEVICES')
+    gpus = visible.split(',') if visible else [
+        str(i) for i in range(_NUM_PROCESSES.value * _GPUS_PER_PROCESS.value)]
+    needed = _NUM_PROCESSES.value * _GPUS_PER_PROCESS.value
+    if len(gpus) < needed:
+      raise app.UsageError(f'{_NUM_PROCESSES.value} processes x {_GPUS_PER_PROCESS.value} GPUs '
+                           f'need {needed} GPUs, but CUDA_VISIBLE_DEVICES lists {len(gpus)}.')
+    first = process_id * _GPUS_PER_PROCESS.value
+    env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus[first:first + _GPUS_PER_PROCESS.value])
+  return env
+
+
+def _relay_output(process_id: int, stream) -> None:
+  for line in iter(stream.readline, b''):
+    sys.stdout.buffer.write(f'[{process_id}] '.encode() + line)
+    sys.stdout.buffer.flush()
+
+
+def _wait_all(processes: list[subprocess.Popen]) -> int:
+  """Waits for every process; after a failure, kills stragglers once the grace time is over."""
+  first_failure, failed_at = 0, None
+  while True:
+    statuses = [p.poll() for p in processes]
+    if None not in statuses:
+      return first_failure or next((s for s in statuses if s), 0)
+    for process_id, status in enumerate(statuses):
+      if status not in (None, 0) and first_failure == 0:
+        first_failure, failed_at = status, time.monotonic()
+        print(f'launch.local: process {process_id} exited with status {status}; '
+              f'waiting up to {_FAILURE_GRACE_SECONDS} s for the others.', flush=True)
+    if failed_at is not None and time.monotonic() - failed_at > _FAILURE_GRACE_SECONDS:
+      for process_id, p in enumerate(processes):
+        if p.poll() is None:
+          print(f'launch.local: killing process {process_id}, still running.', flush=True)
+          p.kill()
+    time.sleep(0.2)
+
+
+def main(argv: list[str]) -> int:
+  program_args = argv[1:]
+  coordinator_address = f'127.0.0.1:{_free_port()}'
+  processes = []
+  for process_id in range(_NUM_PROCESSES.value):
+    command = [sys.executable, '-m', _MODULE.value, *program_args,
+               f'--coordinator_address={coordinator_address}',
+               f'--num_processes={_NUM_PROCESSES.value}', f'--process_id={process_id}']
+    processes.append(subprocess.Popen(
+        command, env=_process_env(process_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+
+  def forward(signum, frame):
+    del frame
+    for p in processes:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  for signum in _FORWARDED_SIGNALS:
+    signal.signal(signum, forward)
+  relays = [threading.Thread(target=_relay_output, args=(i, p.stdout), daemon=True)
+            for i, p in enumerate(processes)]
+  for relay in relays:
+    relay.start()
+  status = _wait_all(processes)
+  for relay in relays:
+    relay.join(timeout=5)
+  return status
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,169 @@
+"""`folder:/path` datasets: layout, classes, bad images, determinism, resumption, and a real training run."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import input_pipeline
+from configs import default
+import input_images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(root: str, **overrides):
+  config = default.get_config()
+  config.dataset = f'folder:{root}'
+  config.resize_size, config.image_size = 40, 32
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory) -> str:
+  return input_images.write_folder_dataset(str(tmp_path_factory.mktemp('folder')))
+
+
+def test_info_from_folder_names(folder):
+  info = input_pipeline.get_dataset_info(_config(folder))
+  assert info.class_names == ('class_0', 'class_1', 'class_2')
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (3, 18, 6)
+
+
+def test_validation_reads_test_folder_when_there_is_no_val(tmp_path):
+  root = input_images.write_folder_dataset(str(tmp_path), classes=2, val_dir='test')
+  assert input_pipeline.get_dataset_info(_config(root)).num_eval_examples == 4
+  config = _config(root, eval_split='val', dataset=f'folder:{tmp_path / "nowhere"}')
+  with pytest.raises(FileNotFoundError, match='no folder for split'):
+    input_pipeline.get_dataset_info(config)
+
+
+def test_batches_hold_every_class_and_normalized_images(folder):
+  batches = input_pipeline.train_batches(_config(folder), start_step=0, local_batch_size=6,
+                                         process_index=0, process_count=1)
+  epoch = [next(batches) for _ in range(3)]  # 18 images: one epoch
+  labels = np.concatenate([b['label'] for b in epoch])
+  np.testing.assert_array_equal(np.bincount(labels), [6, 6, 6])
+  images = np.concatenate([b['image'] for b in epoch])
+  assert images.shape == (18, 32, 32, 3) and images.dtype == np.float32
+  assert abs(images.mean()) < 1.5 and 0.2 < images.std() < 3
+
+
+def test_same_seed_same_batches_other_seed_other_batches(folder):
+  def first_batches(seed, cache=False):
+    batches = input_pipeline.train_batches(_config(folder, seed=seed, cache=cache), start_step=0,
+                                           local_batch_size=4, process_index=0, process_count=1)
+    return [next(batches) for _ in range(5)]
+
+  first, again, other = first_batches(0), first_batches(0), first_batches(1)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert not all(np.array_equal(a['label'], b['label']) for a, b in zip(first, other))
+  # The in-memory cache changes where the bytes come from, nothing else.
+  for a, b in zip(first, first_batches(0, cache=True)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_each_epoch_is_a_new_permutation(folder):
+  config = _config(folder)
+  config.augment.random_crop = config.augment.flip = False
+  config.augment.pca_lighting = 0.0
+  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=18,
+                                         process_index=0, process_count=1)
+  epochs = [next(batches)['image'] for _ in range(3)]  # one batch = one epoch
+  keys = [[image.tobytes() for image in epoch] for epoch in epochs]
+  assert sorted(keys[0]) == sorted(keys[1]) == sorted(keys[2])  # every example once per epoch
+  assert keys[0] != keys[1] and keys[1] != keys[2]
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_resume_at_step_s_gives_the_uninterrupted_batches(folder, process_count):
+  config = _config(folder)
+  for process_index in range(process_count):
+    kwargs = dict(local_batch_size=4, process_index=process_index, process_count=process_count)
+    stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+    uninterrupted = [next(stream) for _ in range(9)]  # more than an epoch
+    for start in (2, 4, 7):
+      resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+      for step in range(start, 9):
+        batch = next(resumed)
+        np.testing.assert_array_equal(batch['image'], uninterrupted[step]['image'])
+        np.testing.assert_array_equal(batch['label'], uninterrupted[step]['label'])
+
+
+def test_eval_shards_are_disjoint_padded_and_covering(folder):
+  config = _config(folder, eval_crops=10)
+  seen, batch_counts = [], set()
+  for process_index in range(4):  # 6 images over 4 processes: shards of 1 or 2
+    batches = list(input_pipeline.eval_batches(config, local_batch_size=3,
+                                               process_index=process_index, process_count=4))
+    batch_counts.add(len(batches))
+    for batch in batches:
+      assert batch['image'].shape == (3, 10, 32, 32, 3)
+      seen += [image.tobytes() for image in batch['image'][batch['mask']]]
+  assert batch_counts == {1}
+  assert len(seen) == len(set(seen)) == 6
+
+
+@pytest.fixture
+def folder_with_bad_images(tmp_path):
+  root = input_images.write_folder_dataset(str(tmp_path), classes=2, train_per_class=4)
+  good = os.path.join(root, 'train', 'class_0', '0_0.jpg')
+  with open(good, 'rb') as f:
+    data = f.read()
+  truncated = os.path.join(root, 'train', 'class_0', 'truncated.jpg')
+  with open(truncated, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  not_an_image = os.path.join(root, 'train', 'class_1', 'notes.jpg')
+  with open(not_an_image, 'w') as f:
+    f.write('not an image\n')
+  return root, (truncated, not_an_image)
+
+
+def test_undecodable_images_are_skipped_counted_and_logged(folder_with_bad_images, caplog):
+  root, bad_files = folder_with_bad_images
+  config = _config(root)
+  with caplog.at_level(logging.WARNING):
+    info = input_pipeline.get_dataset_info(config)
+  assert info.num_train_examples == 8  # 10 files, 2 undecodable
+  assert 'Skipping 2 undecodable image(s)' in caplog.text
+  for path in bad_files:
+    assert path in caplog.text
+  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=4,
+                                         process_index=0, process_count=1)
+  for _ in range(4):  # two epochs of good images, no decode error
+    assert np.isfinite(next(batches)['image']).all()
+
+
+def test_strict_data_makes_undecodable_images_an_error(folder_with_bad_images):
+  root, bad_files = folder_with_bad_images
+  with pytest.raises(ValueError, match='2 image\\(s\\) in .* cannot be decoded') as error:
+    input_pipeline.get_dataset_info(_config(root, strict_data=True))
+  for path in bad_files:
+    assert path in str(error.value)
+  assert 'strict_data=False' in str(error.value)
+
+
+@pytest.mark.slow
+def test_main_trains_on_a_folder_dataset(tmp_path):
+  root = input_images.write_folder_dataset(str(tmp_path / 'images'), classes=4,
+                                           train_per_class=16, val_per_class=4, size=(80, 96))
+  workdir = tmp_path / 'workdir'
+  command = [
+      sys.executable, '-m', 'alexnet_jax.main', '--config=configs/smoke.py', f'--workdir={workdir}',
+      f'--config.dataset=folder:{root}', '--config.num_classes=4', '--config.resize_size=72',
+      '--config.image_size=67', '--config.batch_size=16', '--config.num_epochs=2',
+      '--config.eval_every_steps=4', '--config.log_every_steps=2',
+      '--config.checkpoint_every_steps=8']
+  env = dict(os.environ, PYTHONPATH=REPO)
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  evals = [row for row in rows if row['split'] == 'eval']
+  assert evals and all(np.isfinite(row['loss']) for row in evals)
+  assert max(row['step'] for row in rows) == 8  # 2 epochs of 64 images in batches of 16

@@ -17,6 +17,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _path_name(path: tuple[Any, ...]) -> str:
+  """'opt_state/count' for a tree path, whether its steps are dict keys, attributes or indices
+  (Orbax's metadata turns dataclasses and named tuples into dicts)."""
+  names = []
+  for key in path:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(key, attribute):
+        names.append(str(getattr(key, attribute)))
+        break
+  return '/'.join(names)
+
+
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoints were written by a model or optimizer of another shape."""
 
@@ -26,12 +38,14 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    # Naming the handler lets a fresh process read a checkpoint's metadata before restoring it.
     self._latest = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
     self._best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints_best'),
+        item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, enable_async_checkpointing=async_save,
             best_fn=lambda metrics: metrics['top1_err'], best_mode='min'))
@@ -67,10 +81,10 @@ class Checkpointer:
 
   def _check_shapes(self, manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
     stored = manager.item_metadata(step)
-    stored_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape)
+    stored_shapes = {_path_name(path): tuple(leaf.shape)
                      for path, leaf in jax.tree_util.tree_leaves_with_path(stored)
                      if hasattr(leaf, 'shape')}
-    wanted_shapes = {jax.tree_util.keystr(path): tuple(np.shape(leaf))
+    wanted_shapes = {_path_name(path): tuple(np.shape(leaf))
                      for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
     problems = []
     for key in sorted(set(stored_shapes) | set(wanted_shapes)):

@@ -327,9 +327,9 @@ def evaluate(parallel: ShardMapParallel | PmapParallel, state: TrainState,
 def _update_plateau(state: TrainState, top1_err: float, config: ml_collections.ConfigDict,
                     patience_evals: int, parallel) -> TrainState:
   """The paper's schedule: divide the rate by 10 when validation error stops improving."""
-  best, bad, reductions, scale = parallel.fetch((
+  best, bad, reductions, scale = (v.item() for v in parallel.fetch((
       state.plateau_best_err, state.plateau_bad_evals, state.plateau_reductions,
-      state.opt_state.hyperparams['plateau_scale']))
+      state.opt_state.hyperparams['plateau_scale'])))
   if top1_err < best:
     best, bad = top1_err, 0
   else:

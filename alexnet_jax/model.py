@@ -120,9 +120,10 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5, alpha: float =
 
     b_i = a_i / (k + alpha * sum_{j=max(0, i-n//2)}^{min(N-1, i+n//2)} a_j^2) ** beta
 
-  over the last (channel) axis. The sum is NOT divided by n: PyTorch's `LocalResponseNorm` uses
-  alpha / n (so its alpha must be 5e-4 to match the paper's 1e-4 at n=5), and TensorFlow's
-  `tf.nn.local_response_normalization` takes a depth radius (n // 2) and a bias (k) instead.
+  over the last (channel) axis. The sum is NOT divided by n. PyTorch's `LocalResponseNorm(n, alpha,
+  beta, k)` divides alpha by n, so it matches the paper with alpha = n * 1e-4 = 5e-4. TensorFlow's
+  `tf.nn.local_response_normalization(depth_radius=n // 2, bias=k, alpha=alpha, beta=beta)` does
+  not divide and matches as is.
 
   The windowed sum of squares is one `reduce_window` over the channel axis, which XLA fuses with
   the squaring and the scaling into a single elementwise pass. It runs in float32 whatever the
@@ -174,14 +175,17 @@ class AlexNet(nn.Module):
       before the layers in torchvision's.
     width: multiplies every conv and hidden fc width (rounded; conv widths to a multiple of
       `groups`). fc8 keeps `num_classes`.
-    init_scheme: 'paper' (§5): weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7 and
-      0 elsewhere. 'he': He-normal (fan-in) weights and zero biases. The paper's scheme was tuned
-      with its hand-driven learning-rate schedule on mean-subtracted 0..255 pixels: with std 0.01
-      the signal shrinks at every layer (0.01 * sqrt(fan_in) < 1 for every conv), the logits start
-      near zero and the loss sits near ln(num_classes) until the bias-1 ReLUs and a well-chosen
-      rate carry it out, which can take many epochs. He init keeps activation scale constant
-      through the ReLU stack, so it trains from scratch with plain schedules and no bias tricks;
-      configs/default.py uses it. 'paper' is kept for faithful reproductions.
+    init_scheme: 'paper' (§5): weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7
+      and 0 elsewhere. 'he': He-normal (fan-in) weights, zero biases. The paper's scheme went with
+      mean-subtracted 0..255 pixels and a learning rate divided by hand whenever validation error
+      stalled. Every conv has 0.01 * sqrt(fan_in) < 1, so the image-dependent signal shrinks layer
+      by layer while the bias-1 ReLUs pass a constant: the network starts nearly blind to its
+      input, and on the pipeline's unit-variance images the gradient reaching conv1 is ~300x
+      smaller than under He init (measured in docs/model.md), so early training hinges on that
+      hand-tuned rate. He init keeps the pre-activation scale roughly constant through the ReLU
+      stack on unit-variance inputs and trains from scratch with plain schedules and no bias
+      tricks; configs/default.py uses it. (He assumes those unit-variance inputs: on the 0..255
+      scale its logits overflow.) 'paper' is kept for faithful reproductions.
     dtype: compute dtype, 'float32' or 'bfloat16' (a string or a dtype). Parameters stay float32;
       logits are returned in float32.
   """
@@ -211,10 +215,6 @@ class AlexNet(nn.Module):
     if self.num_classes < 1:
       raise ValueError(f'AlexNet num_classes={self.num_classes!r} must be positive.')
 
-  @property
-  def _groups(self) -> int:
-    return self.groups if self.variant == 'paper' else 1
-
   def _inits(self, name: str) -> dict[str, Any]:
     if self.init_scheme == 'he':
       return dict(kernel_init=nn.initializers.he_normal(), bias_init=nn.initializers.zeros)
@@ -240,9 +240,10 @@ class AlexNet(nn.Module):
     dtype = _compute_dtype(self.dtype)
     activation = ACTIVATIONS[self.activation]
     window, stride = _pool_shape(self.overlapping_pool)
-    groups = self._groups
+    groups = self.groups if self.variant == 'paper' else 1  # torchvision's layout has no groups
     x = x.astype(dtype)
 
+    # §3.5: LRN follows the ReLUs of conv1 and conv2; max-pools follow both LRNs and conv5.
     for index, layer in enumerate(_CONVS[self.variant], start=1):
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
@@ -251,7 +252,7 @@ class AlexNet(nn.Module):
                   feature_group_count=groups if layer.grouped else 1,
                   dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
       x = activation(x)
-      if layer.lrn and self.lrn and self.variant == 'paper':
+      if layer.lrn and self.lrn:
         x = local_response_norm(x)
       if layer.pool:
         x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')

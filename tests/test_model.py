@@ -147,17 +147,46 @@ def test_paper_fc6_input_follows_input_size():
   assert params['fc6']['kernel'].shape == (7 * 7 * 256, 4096)
 
 
-@pytest.mark.parametrize('in_size', [13, 7, 6, 4])
-def test_adaptive_avg_pool_matches_pytorch_bins(in_size):
-  x = np.random.default_rng(0).normal(size=(2, in_size, in_size + 3, 5)).astype(np.float32)
-  expected = np.zeros((2, 6, 6, 5), np.float32)
-  for i in range(6):
-    h0, h1 = int(np.floor(i * in_size / 6)), int(np.ceil((i + 1) * in_size / 6))
-    for j in range(6):
-      w0, w1 = int(np.floor(j * (in_size + 3) / 6)), int(np.ceil((j + 1) * (in_size + 3) / 6))
-      expected[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-  np.testing.assert_allclose(model_lib.adaptive_avg_pool(jnp.asarray(x), 6), expected,
-                             rtol=1e-5, atol=1e-6)
+def _adaptive_avg_pool_by_bins(x: np.ndarray, out: int) -> np.ndarray:
+  """PyTorch's AdaptiveAvgPool2d on NHWC: bin i spans floor(i * H / out) .. ceil((i + 1) * H / out)."""
+  height, width = x.shape[1:3]
+  pooled = np.zeros((x.shape[0], out, out, x.shape[3]), np.float32)
+  for i in range(out):
+    h0, h1 = int(np.floor(i * height / out)), int(np.ceil((i + 1) * height / out))
+    for j in range(out):
+      w0, w1 = int(np.floor(j * width / out)), int(np.ceil((j + 1) * width / out))
+      pooled[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+  return pooled
+
+
+@pytest.mark.parametrize('height, width', [(13, 16), (7, 6), (6, 6), (4, 9)])
+def test_adaptive_avg_pool_matches_pytorch_bins(height, width):
+  x = np.random.default_rng(0).normal(size=(2, height, width, 5)).astype(np.float32)
+  np.testing.assert_allclose(model_lib.adaptive_avg_pool(jnp.asarray(x), 6),
+                             _adaptive_avg_pool_by_bins(x, 6), rtol=1e-5, atol=1e-6)
+
+
+def test_torchvision_fc6_weights_convert_by_documented_permutation():
+  """A torchvision fc6 weight [out, C*6*6] (CHW flatten), permuted as docs/model.md says, sees the
+  same features here as there."""
+  model = _small_model(variant='torchvision')
+  size = 300  # conv5 map 17x17, pooled to 8x8, so the adaptive pool really averages
+  images = _images(size, batch=1)
+  variables = _numpy_variables(model, size)
+  hidden, channels = variables['params']['fc7']['kernel'].shape[0], 64  # width 0.25
+  torch_fc6 = np.random.default_rng(1).normal(size=(hidden, channels * 36)).astype(np.float32)
+  variables['params']['fc6']['kernel'] = jnp.asarray(
+      torch_fc6.reshape(hidden, channels, 6, 6).transpose(2, 3, 1, 0).reshape(36 * channels, hidden))
+
+  _, state = model.apply(variables, images, capture_intermediates=True, mutable=['intermediates'])
+  conv5 = np.maximum(np.asarray(state['intermediates']['conv5']['__call__'][0]), 0.0)
+  pooled = np.stack([[conv5[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
+                      for j in range(8)] for i in range(8)])[None]  # MaxPool2d(3, 2): 17 -> 8
+  features = _adaptive_avg_pool_by_bins(pooled, 6)
+  torch_flat = features.transpose(0, 3, 1, 2).reshape(1, -1)  # torch.flatten of [N, C, 6, 6]
+  expected = torch_flat @ torch_fc6.T + np.asarray(variables['params']['fc6']['bias'])
+  np.testing.assert_allclose(state['intermediates']['fc6']['__call__'][0], expected,
+                             rtol=1e-4, atol=1e-3)
 
 
 def test_width_keeps_conv_channels_divisible_by_groups():
@@ -199,6 +228,14 @@ def test_lrn_does_not_divide_alpha_by_n():
   assert pytorch == pytest.approx(17.1360, abs=1e-4)
   # PyTorch reproduces the paper with alpha = n * 1e-4.
   assert 30.0 / (2.0 + 5e-4 / 5 * 5500.0) ** 0.75 == pytest.approx(centre, rel=1e-6)
+
+
+def test_lrn_matches_tensorflow():
+  import tensorflow as tf  # heavy; only this test needs it
+
+  a = np.random.default_rng(2).normal(scale=30.0, size=(2, 3, 4, 16)).astype(np.float32)
+  expected = tf.nn.local_response_normalization(a, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+  np.testing.assert_allclose(local_response_norm(jnp.asarray(a)), expected.numpy(), rtol=1e-5)
 
 
 def test_lrn_keeps_bfloat16():

@@ -1,0 +1,285 @@
+"""The paper's two-GPU split of every layer, as a parallel mode (`config.model_parallel = 2`).
+
+§3.2: "we spread the net across two GPUs ... The parallelization scheme that we employ essentially puts
+half of the kernels (or neurons) on each GPU, with one additional trick: the GPUs communicate only in
+certain layers." Here the devices form a ("data", "model") mesh of n/2 x 2. Each "model" pair holds one
+copy of the network, split as in Figure 2: device m of the pair holds tower m, i.e. the second half of
+every layer's kernels if m = 1 (conv kernels HWIO and dense kernels (in, out) split along their output
+axis). For the grouped layers (conv2, conv4, conv5) that half is exactly the group that reads tower m's
+own maps, so they run with no communication at all. The towers exchange activations where the paper's
+GPUs did:
+
+  conv3      gathers both towers' conv2 maps ("the kernels of the third convolutional layer are
+             connected to all kernel maps in the second layer")
+  fc6..fc8   gather both towers' outputs of the layer below (the fully connected layers see everything)
+  logits     gathered, so the loss (and the metrics) are whole on both devices of a pair
+
+and in one place the paper did not: local response normalization (§3.3) sums squares over 5 adjacent
+maps, and the single-device `AlexNet` (and a checkpoint trained with it) sees maps 46, 47 | 48, 49 as
+neighbours across the tower boundary. The paper's GPUs normalized within their own maps. To compute the
+same function as `AlexNet`, so that checkpoints and results carry over between the layouts, each tower
+borrows the 2 maps next to the boundary from the other (a `ppermute` of [B, H, W, 2] after conv1 and
+conv2).
+
+The parameter tree is `AlexNet`'s own (variant 'paper', groups 2), so checkpoints are interchangeable
+with data parallelism: Orbax reshards on restore. The per-device steps are train.py's `train_step` and
+`eval_step`, unchanged: they are handed `TowerPair`, whose `apply` is AlexNet's forward pass computed
+one tower per device, instead of the Flax module. Data parallelism runs over the "data" axis as before
+(gradients `pmean`ed over it); the "model" axis holds distinct shards and is never averaged.
+
+Benchmark (ms per train step, 4x2 model parallel vs 8x1 data parallel; see docs/benchmarks.md):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m alexnet_jax.model_parallel
+"""
+
+import argparse
+import functools
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from alexnet_jax import model as alexnet
+from alexnet_jax import train
+
+MODEL_AXIS = 'model'
+TOWERS = 2  # the paper's two GPUs
+# `local_response_norm`'s default window is n = 5 maps: 2 on either side of each map.
+_LRN_RADIUS = 2
+
+
+def _gather_towers(x: jax.Array) -> jax.Array:
+  """Both towers' maps (or neurons) along the last axis, tower 0's first, as in `AlexNet`."""
+  return jax.lax.all_gather(x, MODEL_AXIS, axis=x.ndim - 1, tiled=True)
+
+
+@jax.custom_vjp
+def _gather_logits(x: jax.Array) -> jax.Array:
+  """`_gather_towers` for the logits, whose cotangent is already whole on each device.
+
+  Both devices of a pair compute the same loss from the same gathered logits, so each holds the full
+  cotangent. The transpose of `all_gather` (a `psum_scatter`) would add the two copies and double every
+  gradient; this takes the device's own half instead.
+  """
+  return _gather_towers(x)
+
+
+def _gather_logits_forward(x):
+  return _gather_towers(x), x.shape[-1]
+
+
+def _gather_logits_backward(half, cotangent):
+  start = jax.lax.axis_index(MODEL_AXIS) * half
+  return (jax.lax.dynamic_slice_in_dim(cotangent, start, half, axis=-1),)
+
+
+_gather_logits.defvjp(_gather_logits_forward, _gather_logits_backward)
+
+
+@jax.custom_vjp
+def _share_nonfinite_gradients(params: Any) -> Any:
+  """Identity; on the way back, makes every tower's gradients non-finite if either tower's are.
+
+  `train.train_step` skips a step whose gradients are not finite, judging from the gradients it holds.
+  Each device holds only its tower's, so without this the two halves of one network could disagree on
+  whether a step was applied. (The data axis already agrees: gradients are averaged over it first.)
+  """
+  return params
+
+
+def _share_nonfinite_forward(params):
+  return params, None
+
+
+def _share_nonfinite_backward(_, grads):
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  finite_everywhere = jax.lax.pmin(finite.astype(jnp.int32), MODEL_AXIS) > 0
+  return (jax.tree.map(lambda g: jnp.where(finite_everywhere, g, jnp.nan), grads),)
+
+
+_share_nonfinite_gradients.defvjp(_share_nonfinite_forward, _share_nonfinite_backward)
+
+
+def _lrn_across_towers(x: jax.Array) -> jax.Array:
+  """`local_response_norm` of this tower's maps, with the other tower's maps next to the boundary.
+
+  Tower 0 holds maps [0, C/2) and needs maps C/2, C/2 + 1 from tower 1; tower 1 needs C/2 - 2,
+  C/2 - 1 from tower 0. Padding the far side with zero maps reproduces the clipped window at the
+  network's real edges, so the result equals `AlexNet`'s on this tower's maps.
+  """
+  halo = min(_LRN_RADIUS, x.shape[-1])
+  is_tower_0 = jax.lax.axis_index(MODEL_AXIS) == 0
+  outgoing = jnp.where(is_tower_0, x[..., -halo:], x[..., :halo])
+  incoming = jax.lax.ppermute(outgoing, MODEL_AXIS, perm=[(0, 1), (1, 0)])
+  zeros = jnp.zeros_like(incoming)
+  before = jnp.where(is_tower_0, zeros, incoming)
+  after = jnp.where(is_tower_0, incoming, zeros)
+  normalized = alexnet.local_response_norm(jnp.concatenate([before, x, after], axis=-1))
+  return normalized[..., halo:halo + x.shape[-1]]
+
+
+class TowerPair:
+  """`AlexNet` (variant 'paper', groups 2) computed one tower per device of the "model" mesh axis.
+
+  `apply` has `AlexNet.apply`'s signature and result (the whole float32 logits, on both devices of a
+  pair), so train.py's per-device steps call it unchanged. It must run inside a `shard_map` with a
+  "model" axis of size 2, on parameters split as `state_specs` says. Layer widths are read from the
+  parameter shapes, so every `width` works.
+  """
+
+  def __init__(self, model: alexnet.AlexNet):
+    if model.variant != 'paper' or model.groups != TOWERS:
+      raise ValueError(
+          f'model_parallel=2 splits the paper layout into its two towers; it needs '
+          f'model.variant=\'paper\' and model.groups=2, got variant={model.variant!r}, '
+          f'groups={model.groups!r}. Set those, or use model_parallel=1.')
+    if model.num_classes % TOWERS:
+      raise ValueError(
+          f'model_parallel=2 puts half of fc8\'s {model.num_classes} outputs on each device, so '
+          f'num_classes must be even. Use model_parallel=1 for an odd number of classes.')
+    self.model = model
+
+  def apply(self, variables: dict[str, Any], images: jax.Array, train: bool = False,
+            rngs: dict[str, jax.Array] | None = None) -> jax.Array:
+    model = self.model
+    params = _share_nonfinite_gradients(variables['params'])
+    dtype = alexnet._compute_dtype(model.dtype)  # pylint: disable=protected-access
+    activation = alexnet.ACTIVATIONS[model.activation]
+    window, stride = alexnet._pool_shape(model.overlapping_pool)  # pylint: disable=protected-access
+    tower = jax.lax.axis_index(MODEL_AXIS)
+    x = images.astype(dtype)
+
+    for index, layer in enumerate(alexnet._PAPER_CONVS, start=1):  # pylint: disable=protected-access
+      name = f'conv{index}'
+      if index > 1 and not layer.grouped:
+        x = _gather_towers(x)  # conv3 reads both towers' maps
+      kernel = params[name]['kernel']  # [kh, kw, in, out / 2]: this tower's filters
+      conv = nn.Conv(kernel.shape[-1], kernel.shape[:2], strides=layer.stride,
+                     padding=[(layer.padding, layer.padding)] * 2, dtype=dtype,
+                     param_dtype=jnp.float32)
+      x = activation(conv.apply({'params': params[name]}, x))
+      if layer.lrn and model.lrn:
+        x = _lrn_across_towers(x)
+      if layer.pool:
+        x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+    for name in ('fc6', 'fc7', 'fc8'):
+      x = _gather_towers(x)  # every neuron of a fully connected layer sees both towers
+      if name == 'fc6':
+        x = x.reshape(x.shape[0], -1)  # AlexNet's NHWC flatten of the whole map: (h, w, c)
+      dense = nn.Dense(params[name]['kernel'].shape[-1], dtype=dtype, param_dtype=jnp.float32)
+      x = dense.apply({'params': params[name]}, x)
+      if name != 'fc8':
+        x = activation(x)
+        if train and model.dropout_rate > 0:
+          # train_step's key is per (seed, step, data index); each tower and layer draws its own mask.
+          key = jax.random.fold_in(jax.random.fold_in(rngs['dropout'], tower), int(name[2:]))
+          x = nn.Dropout(model.dropout_rate).apply({}, x, deterministic=False, rng=key)
+    return _gather_logits(x).astype(jnp.float32)
+
+
+def _is_layer_weight(path: tuple[Any, ...]) -> bool:
+  """Whether a state leaf is a layer's kernel or bias: in `params`, or in the optimizer's per-parameter
+  state (momentum, Adam moments), which optax keeps in trees shaped like `params`."""
+  return bool(path) and getattr(path[-1], 'key', None) in ('kernel', 'bias')
+
+
+def state_specs(tree: Any) -> Any:
+  """PartitionSpecs for a train state (or any part of one, e.g. its optimizer hyperparameters).
+
+  Layer weights are split along their last (output) axis over "model": conv kernels
+  P(None, None, None, 'model'), dense kernels P(None, 'model'), biases P('model'). For a grouped
+  conv's kernel [kh, kw, in / 2, out] the first out / 2 filters are group 0, so each device gets its
+  group whole. Everything else (step, learning rate, counters) is replicated.
+  """
+  def spec(path, leaf):
+    if _is_layer_weight(path):
+      return P(*(None,) * (np.ndim(leaf) - 1), MODEL_AXIS)
+    return P()
+  return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+class ModelParallel:
+  """jit + shard_map over a ("data", "model") mesh of n/2 x 2 devices; the interface of
+  `train.ShardMapParallel` (see make_parallel in train.py)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: alexnet.AlexNet,
+               tx: optax.GradientTransformation, devices: list[Any] | None = None):
+    devices = np.asarray(devices or jax.devices())
+    if devices.size % TOWERS:
+      raise ValueError(f'model_parallel=2 pairs up devices; {devices.size} devices is odd. Use an even '
+                       f'number of devices, or model_parallel=1.')
+    if jax.process_count() > 1 and jax.local_device_count() % TOWERS:
+      raise ValueError(f'model_parallel=2 keeps both towers of a network in one process; each process '
+                       f'has {jax.local_device_count()} devices. Use an even number per process.')
+    if config.optimizer == 'lars':
+      raise ValueError('config.optimizer=\'lars\' scales each layer by the norms of its weights and '
+                       'gradients, which model_parallel=2 splits over two devices; use \'sgd\' or '
+                       '\'adamw\', or model_parallel=1.')
+    towers = TowerPair(model)
+    self.mesh = Mesh(devices.reshape(-1, TOWERS), (train.DATA_AXIS, MODEL_AXIS))
+    self.split = NamedSharding(self.mesh, P(train.DATA_AXIS))
+    train_fn = functools.partial(train.train_step, model=towers, tx=tx,
+                                 dropout_key=train.dropout_root_key(config))
+    eval_fn = lambda state, batch: train.eval_step(state.params, batch, model=towers)
+    # check_vma=False for pmap's semantics, as in train.ShardMapParallel: each device's gradient is
+    # its own (of its shard, for split weights), and collectives are explicit. The transposes of the
+    # towers' all_gathers (psum_scatter) then deliver each tower the gradient of its half.
+    sharded = functools.partial(jax.shard_map, mesh=self.mesh, check_vma=False)
+
+    def train_step(state, batch):
+      specs = state_specs(state)
+      return sharded(train_fn, in_specs=(specs, P(train.DATA_AXIS)), out_specs=(specs, P()))(
+          state, batch)
+
+    def eval_step(state, batch):
+      return sharded(eval_fn, in_specs=(state_specs(state), P(train.DATA_AXIS)), out_specs=P())(
+          state, batch)
+
+    self.train_step = jax.jit(train_step, donate_argnums=(0,))
+    self.eval_step = jax.jit(eval_step)
+
+  def _shardings(self, tree: Any) -> Any:
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), state_specs(tree),
+                        is_leaf=lambda x: isinstance(x, P))
+
+  def put_state(self, tree: Any) -> Any:
+    """Host values (identical on every process) to the devices, split as `state_specs` says; device
+    arrays already laid out that way stay put."""
+    def put(x, sharding):
+      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(put, tree, self._shardings(tree))
+
+  def abstract_state(self, host_state: Any) -> Any:
+    """Shapes and shardings for restoring a checkpoint (of either layout) straight onto the devices."""
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding),
+        host_state, self._shardings(host_state))
+
+  def state_for_checkpoint(self, state: Any) -> Any:
+    return state
+
+  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Split along the batch over "data"; both devices of a pair see the same examples."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.split, x), local_batch)
+
+  def fetch(self, tree: Any) -> Any:
+    """Device values to host NumPy, split weights reassembled from this process's shards (each process
+    holds whole pairs, so it holds both halves)."""
+    def fetch_one(x):
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      whole = np.empty(x.shape, x.dtype)
+      for shard in x.addressable_shards:
+        whole[shard.index] = np.asarray(shard.data)
+      return whole
+    return jax.tree.map(fetch_one, tree)

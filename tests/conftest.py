@@ -2,8 +2,13 @@
 before any test module imports JAX: 8 CPU devices stand in for 8 accelerators."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # never let TensorFlow take a GPU in tests
+# Many tests (and the training processes they start) compile the same small programs: share the
+# compiled executables through JAX's persistent cache, fresh for each test session.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')

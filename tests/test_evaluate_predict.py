@@ -1,0 +1,149 @@
+"""alexnet_jax.evaluate on a trained workdir, alexnet_jax.predict on a folder dataset's model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import input_images
+from alexnet_jax import convert, data, evaluate, predict, train
+from configs import smoke
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+  config = smoke.get_config()
+  config.model.width = 0.125
+  config.batch_size = 32
+  config.synthetic_train_examples = 256
+  config.synthetic_eval_examples = 80  # not a multiple of the batch: the last one is padded
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  return config
+
+
+def read_records(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  train.train_and_evaluate(tiny_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def folder_workdir(tmp_path_factory):
+  """A randomly initialized paper-layout model of a 6-class image-folder dataset."""
+  root = input_images.write_folder_dataset(str(tmp_path_factory.mktemp('images')), classes=6,
+                                           train_per_class=1, val_per_class=1)
+  config = tiny_config()
+  config.dataset = f'folder:{root}'
+  config.num_classes = 6
+  config.resize_size = 76
+  workdir = str(tmp_path_factory.mktemp('folder_model'))
+  convert.write_workdir(workdir, config)
+  return workdir, root
+
+
+def test_evaluate_reproduces_the_evals_of_training(trained_workdir):
+  trained = {r['step']: r for r in read_records(trained_workdir) if r['split'] == 'eval'}
+  assert sorted(trained) == [4, 8]
+  for checkpoint, step in (('latest', 8), ('4', 4)):
+    record = evaluate.evaluate_workdir(trained_workdir, checkpoint)
+    assert record['step'] == step and record['num_examples'] == 80
+    for key in ('top1_err', 'top5_err', 'loss'):
+      np.testing.assert_allclose(record[key], trained[step][key], rtol=1e-6, err_msg=key)
+
+  best = evaluate.evaluate_workdir(trained_workdir, 'best')
+  assert best['top1_err'] == pytest.approx(min(r['top1_err'] for r in trained.values()), abs=1e-6)
+  assert best['top1_err'] == pytest.approx(trained[best['step']]['top1_err'], abs=1e-6)
+
+  appended = read_records(trained_workdir)[-3:]
+  assert [(r['split'], r['checkpoint'], r['eval_crops']) for r in appended] == [
+      ('eval', 'latest', 1), ('eval', '4', 1), ('eval', 'best', 1)]
+
+
+def test_evaluate_with_ten_crops_is_recorded_as_such(trained_workdir):
+  one = evaluate.evaluate_workdir(trained_workdir, 'latest')
+  ten = evaluate.evaluate_workdir(trained_workdir, 'latest', eval_crops=10)
+  assert ten['eval_crops'] == 10 and read_records(trained_workdir)[-1]['eval_crops'] == 10
+  # Synthetic data puts the same image in all ten crop slots: averaging ten equal softmaxes
+  # must give the single crop's numbers.
+  for key in ('top1_err', 'top5_err', 'loss'):
+    np.testing.assert_allclose(ten[key], one[key], rtol=1e-5, err_msg=key)
+
+
+def test_evaluate_names_what_is_wrong(trained_workdir, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'No checkpoint of step 5 .*\[4, 8\]'):
+    evaluate.evaluate_workdir(trained_workdir, '5')
+  with pytest.raises(FileNotFoundError, match='config.json does not exist'):
+    evaluate.evaluate_workdir(str(tmp_path))
+  with pytest.raises(ValueError, match='config.eval_crops=3'):
+    evaluate.evaluate_workdir(trained_workdir, eval_crops=3)
+
+
+def test_predict_preprocesses_as_eval_does(folder_workdir):
+  workdir, root = folder_workdir
+  loaded = evaluate.load(workdir)
+  # The eval split in order: class_0's image first.
+  batch = next(data.eval_batches(loaded.config, local_batch_size=8, process_index=0,
+                                 process_count=1))
+  logits = loaded.model.apply({'params': loaded.params}, batch['image'][:1], train=False)
+  expected = np.asarray(jax.nn.softmax(logits))[0]
+
+  path = os.path.join(root, 'val', 'class_0', '0_0.jpg')
+  [top] = predict.predict(loaded, [path])
+  names = [f'class_{k}' for k in range(6)]
+  assert [name for name, _ in top] == [names[i] for i in np.argsort(-expected)[:5]]
+  np.testing.assert_allclose([p for _, p in top], np.sort(expected)[::-1][:5], rtol=1e-5)
+
+
+def test_predict_command_prints_the_top_five(folder_workdir):
+  workdir, root = folder_workdir
+  images = [os.path.join(root, 'val', 'class_1', '1_0.jpg'),
+            os.path.join(root, 'train', 'class_2', '2_0.jpg')]
+  result = subprocess.run([sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={workdir}',
+                           '--eval_crops=10', *images],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert len(lines) == 2 * 6 and lines[0] == images[0] and lines[6] == images[1]
+  for block in (lines[1:6], lines[7:12]):
+    probabilities = [float(line.split()[0]) for line in block]
+    assert all(line.split()[1].startswith('class_') for line in block)
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1 + 1e-3
+
+
+
+def test_predict_names_an_unreadable_image(folder_workdir, tmp_path):
+  broken = tmp_path / 'broken.jpg'
+  broken.write_bytes(b'not an image')
+  loaded = evaluate.load(folder_workdir[0])
+  with pytest.raises(ValueError, match='broken.jpg: cannot be read as an image'):
+    predict.predict(loaded, [str(broken)])
+  with pytest.raises(ValueError, match='missing.jpg: cannot be read'):
+    predict.predict(loaded, [str(tmp_path / 'missing.jpg')])
+
+
+def test_imagenet_classes_get_readable_names():
+  config = ml_collections.ConfigDict({'dataset': 'imagenet2012', 'data_dir': None,
+                                      'num_classes': 1000})
+  names = predict.class_names(config)  # from the names TFDS ships; no ImageNet data needed
+  assert len(names) == 1000
+  assert names[0] == 'tench, Tinca tinca (n01440764)'
+  assert names[-1].endswith('(n15075141)')
+  # A model whose head does not match the dataset's classes gets indices, not wrong names.
+  config.num_classes = 10
+  assert predict.class_names(config) == [f'class {i}' for i in range(10)]

@@ -154,16 +154,21 @@ def center_crop(encoded: tf.Tensor, *, resize_size: int, image_size: int) -> tf.
 
 def flip(key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
   """Mirrors [H, W, C] `image` left-right with probability 1/2."""
+  # tf.reverse, not image[:, ::-1]: the strided slice is several times slower on CPU.
   return tf.cond(tf.random.stateless_uniform([], seed=key) < 0.5,
-                 lambda: image[:, ::-1], lambda: image)
+                 lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def lighting_shift(key: tf.Tensor, alpha_std: float) -> tf.Tensor:
+  """sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, alpha_std^2): the RGB shift of §4.1, [3]."""
+  alpha = tf.random.stateless_normal([3], seed=key, stddev=alpha_std)
+  eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
+  return tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
 
 
 def pca_lighting(key: tf.Tensor, image: tf.Tensor, alpha_std: float) -> tf.Tensor:
-  """Adds sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, alpha_std^2), to every pixel of float [H, W, 3]."""
-  alpha = tf.random.stateless_normal([3], seed=key, stddev=alpha_std)
-  eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
-  rgb_shift = tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
-  return image + rgb_shift
+  """Adds the same random RGB shift (`lighting_shift`) to every pixel of float [H, W, 3]."""
+  return image + lighting_shift(key, alpha_std)
 
 
 def subtract_mean(image: tf.Tensor) -> tf.Tensor:
@@ -172,6 +177,18 @@ def subtract_mean(image: tf.Tensor) -> tf.Tensor:
 
 def divide_std(image: tf.Tensor) -> tf.Tensor:
   return image / tf.constant(IMAGENET_STD_RGB)
+
+
+def per_channel_affine(image: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+  """image * scale + offset with [3] scale and offset, for float [..., W, 3].
+
+  The same as broadcasting, but several times faster on CPU: TensorFlow broadcasts a length-3
+  innermost vector element by element, so the vectors are tiled to whole rows [W * 3] instead.
+  """
+  shape = tf.shape(image)
+  width = shape[-2]
+  rows = tf.reshape(image, [-1, width * 3])
+  return tf.reshape(rows * tf.tile(scale, [width]) + tf.tile(offset, [width]), shape)
 
 
 def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -201,12 +218,16 @@ def _resize(image: tf.Tensor, shape) -> tf.Tensor:
   return tf.image.resize(image, shape, method='bilinear')
 
 
-def _normalize(image: tf.Tensor, augment: ml_collections.ConfigDict) -> tf.Tensor:
+def _normalize(image: tf.Tensor, augment: ml_collections.ConfigDict,
+               rgb_shift: tf.Tensor | None = None) -> tf.Tensor:
+  """(image + rgb_shift - mean) / std, each part as configured, in one pass over the pixels."""
+  offset = tf.zeros([3]) if rgb_shift is None else rgb_shift
   if augment.subtract_mean:
-    image = subtract_mean(image)
+    offset -= tf.constant(IMAGENET_MEAN_RGB)
+  scale = tf.ones([3])
   if augment.get('divide_std', True):
-    image = divide_std(image)
-  return image
+    scale /= tf.constant(IMAGENET_STD_RGB)
+  return per_channel_affine(image, scale, offset * scale)
 
 
 def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict
@@ -221,9 +242,10 @@ def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.
     image = center_crop(encoded, **sizes)
   if augment.flip:
     image = flip(flip_key, image)
-  if augment.pca_lighting:
-    image = pca_lighting(lighting_key, image, augment.pca_lighting)
-  return _normalize(image, augment)
+  rgb_shift = None
+  if augment.pca_lighting:  # pca_lighting(), folded into the normalization's single pass
+    rgb_shift = lighting_shift(lighting_key, augment.pca_lighting)
+  return _normalize(image, augment, rgb_shift)
 
 
 def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:

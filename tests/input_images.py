@@ -6,13 +6,12 @@ import os
 import numpy as np
 from PIL import Image
 
+from alexnet_jax import bench_input
+
 
 def image_array(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-  """A smooth random RGB image (natural images are mostly low-frequency): uint8 [height, width, 3]."""
-  coarse = rng.uniform(0, 255, size=(max(2, height // 16), max(2, width // 16), 3))
-  image = Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR)
-  noise = rng.normal(0, 8, size=(height, width, 3))
-  return np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
+  """A photo-like random RGB image: uint8 [height, width, 3]."""
+  return bench_input.photo_like_image(rng, height, width)
 
 
 def encode(array: np.ndarray, image_format: str = 'JPEG', quality: int = 90) -> bytes:

@@ -101,6 +101,14 @@ def test_subtract_mean_and_divide_std():
   np.testing.assert_allclose(input_pipeline.divide_std(std_image), 1, atol=1e-6)
 
 
+@pytest.mark.parametrize('shape', [(7, 5, 3), (10, 7, 5, 3)])
+def test_per_channel_affine_is_broadcasting(shape):
+  image = tf.random.stateless_uniform(shape, seed=[0, 1], maxval=255)
+  scale, offset = tf.constant([1.0, 0.5, 2.0]), tf.constant([-3.0, 4.0, 0.25])
+  np.testing.assert_allclose(input_pipeline.per_channel_affine(image, scale, offset),
+                             image * scale + offset, rtol=1e-6)
+
+
 def test_ten_crop_is_corners_center_and_their_mirrors():
   image = _image(12, 16)
   crops = input_pipeline.ten_crop(image, 8).numpy()

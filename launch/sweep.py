@@ -1,0 +1,176 @@
+r"""Runs every point of a sweep, each in its own workdir, on this machine or as a SLURM job array.
+
+  python -m launch.sweep --config=configs/smoke.py --sweep=configs/sweeps/ablations.py \
+      --workdir=/tmp/ablations --launcher=local -- --config.num_train_steps=400
+
+A sweep file defines `get_sweep() -> list[dict]`: one dict of config overrides per point, e.g.
+{'model.activation': 'tanh'}. Point P trains in ROOT/<name of P> (its overrides spelled out, or
+`baseline` for {}) with `--config.KEY=VALUE` for each override, after the flags given after `--`,
+which every point shares. A point whose run_info.json says finished is skipped; any other is started
+again and resumes from its last checkpoint. So rerunning the same command completes a sweep.
+
+--launcher=local trains the points one after another (through launch/local.py when
+--processes_per_point > 1); --launcher=slurm submits one job array of launch/slurm/train.sbatch whose
+tasks are the unfinished points (--sbatch_args for its resources) and returns. Logs: ROOT/<name>/
+train.log (local), ROOT/logs/<job>_<task>.log (SLURM). `python -m alexnet_jax.report ROOT` then
+tabulates and plots the points.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string('config', None, 'Base config file, e.g. configs/smoke.py.', required=True)
+_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Root: one subdirectory per point.', required=True)
+_LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'Where the points run.')
+_PROCESSES_PER_POINT = flags.DEFINE_integer(
+    'processes_per_point', 1, 'local: processes per point (launch/local.py); slurm: set tasks in '
+    '--sbatch_args instead.', lower_bound=1)
+_SBATCH_ARGS = flags.DEFINE_string(
+    'sbatch_args', '', 'slurm: extra sbatch options, e.g. "--nodes=2 --ntasks-per-node=8 '
+    '--gpus-per-node=8 --time=12:00:00".')
+
+SWEEP_POINT_FILE = 'sweep_point.json'  # a point's name and overrides, read by alexnet_jax/report.py
+_BATCH_SCRIPT = 'launch/slurm/train.sbatch'
+
+
+def load_sweep(path: str) -> list[dict]:
+  """The points of the sweep file at `path`, checked."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--sweep={path}: no such file')
+  spec = importlib.util.spec_from_file_location('sweep_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'{path} must define get_sweep() -> list[dict] of config overrides')
+  points = module.get_sweep()
+  if not isinstance(points, list) or not all(
+      isinstance(p, dict) and all(isinstance(k, str) for k in p) for p in points):
+    raise ValueError(f'{path}: get_sweep() must return a list of dicts {{"config.key": value}}')
+  names = [point_name(p) for p in points]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'{path}: points repeated: {duplicates}')
+  return points
+
+
+def point_name(overrides: dict) -> str:
+  """A readable directory name for a point: `model.lrn=False,model.groups=1`, or `baseline`."""
+  if not overrides:
+    return 'baseline'
+  name = ','.join(f'{key}={_flag_value(value)}' for key, value in overrides.items())
+  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', name)
+
+
+def _flag_value(value) -> str:
+  return repr(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def override_flags(overrides: dict) -> list[str]:
+  return [f'--config.{key}={_flag_value(value)}' for key, value in overrides.items()]
+
+
+def is_finished(workdir: str) -> bool:
+  try:
+    with open(os.path.join(workdir, 'run_info.json')) as f:
+      return bool(json.load(f).get('finished'))
+  except (OSError, ValueError):
+    return False
+
+
+def _point_args(root: str, overrides: dict, shared_args: list[str]) -> list[str]:
+  return [f'--config={_CONFIG.value}', f'--workdir={os.path.join(root, point_name(overrides))}',
+          *shared_args, *override_flags(overrides)]
+
+
+def _prepare_point(root: str, overrides: dict) -> str:
+  workdir = os.path.join(root, point_name(overrides))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, SWEEP_POINT_FILE), 'w') as f:
+    json.dump({'name': point_name(overrides), 'overrides': overrides}, f, indent=2)
+  return workdir
+
+
+def run_local(root: str, points: list[dict], shared_args: list[str]) -> int:
+  failed = []
+  for index, overrides in enumerate(points):
+    name = point_name(overrides)
+    workdir = _prepare_point(root, overrides)
+    if is_finished(workdir):
+      print(f'[{index + 1}/{len(points)}] {name}: finished, skipped', flush=True)
+      continue
+    if _PROCESSES_PER_POINT.value > 1:
+      command = [sys.executable, '-m', 'launch.local',
+                 f'--num_processes={_PROCESSES_PER_POINT.value}', '--']
+    else:
+      command = [sys.executable, '-m', 'alexnet_jax.main']
+    command += _point_args(root, overrides, shared_args)
+    print(f'[{index + 1}/{len(points)}] {name}: training, log in {workdir}/train.log', flush=True)
+    with open(os.path.join(workdir, 'train.log'), 'a') as log:
+      status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+      print(f'[{index + 1}/{len(points)}] {name}: failed with status {status}', flush=True)
+      failed.append(name)
+  if failed:
+    print(f'{len(failed)} of {len(points)} points failed: {failed}; rerun to resume them.')
+    return 1
+  print(f'all {len(points)} points finished; report: python -m alexnet_jax.report {root}')
+  return 0
+
+
+def submit_slurm(root: str, points: list[dict], shared_args: list[str]) -> int:
+  """One array job; task i trains point i. Its arguments go in ROOT/.sweep/i.args (NUL-separated,
+  read by train.sbatch) so that any value survives unquoted."""
+  args_dir = os.path.join(root, '.sweep')
+  os.makedirs(args_dir, exist_ok=True)
+  os.makedirs(os.path.join(root, 'logs'), exist_ok=True)
+  unfinished = []
+  for index, overrides in enumerate(points):
+    workdir = _prepare_point(root, overrides)
+    with open(os.path.join(args_dir, f'{index}.args'), 'w') as f:
+      f.write(''.join(arg + '\0' for arg in _point_args(root, overrides, shared_args)))
+    if is_finished(workdir):
+      print(f'{point_name(overrides)}: finished, skipped')
+    else:
+      unfinished.append(index)
+  if not unfinished:
+    print(f'all {len(points)} points finished; report: python -m alexnet_jax.report {root}')
+    return 0
+  sweep_name = os.path.splitext(os.path.basename(_SWEEP.value))[0]
+  command = ['sbatch', '--parsable', f'--job-name={sweep_name}',
+             f'--array={",".join(map(str, unfinished))}',
+             f'--output={os.path.join(root, "logs", "%A_%a.log")}',
+             f'--export=ALL,ALEXNET_ARRAY_ARGS={os.path.abspath(args_dir)}',
+             *shlex.split(_SBATCH_ARGS.value), _BATCH_SCRIPT]
+  submitted = subprocess.run(command, capture_output=True, text=True)
+  if submitted.returncode != 0:
+    print(f'sbatch failed: {submitted.stderr.strip()}', file=sys.stderr)
+    return 1
+  job_id = submitted.stdout.strip().split(';')[0]
+  print(f'submitted job array {job_id}: {len(unfinished)} of {len(points)} points '
+        f'(tasks {",".join(map(str, unfinished))}); logs in {root}/logs/{job_id}_<task>.log')
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  shared_args = argv[1:]
+  if not os.path.isfile(_CONFIG.value):
+    raise app.UsageError(f'--config={_CONFIG.value}: no such file')
+  points = load_sweep(_SWEEP.value)
+  root = os.path.abspath(_WORKDIR.value)
+  os.makedirs(root, exist_ok=True)
+  if _LAUNCHER.value == 'local':
+    return run_local(root, points, shared_args)
+  return submit_slurm(root, points, shared_args)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,92 @@
+"""launch/sweep.py: points, their workdirs, skipping finished points and resuming the others, both on
+this machine and as a SLURM job array."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch import sweep
+from test_distributed import REPO, TINY_RUN, env_with_cpu_devices
+from test_slurm import slurm_cluster  # pylint: disable=unused-import  (a fixture)
+
+
+def test_ablation_sweep_holds_the_papers_claims():
+  points = sweep.load_sweep(os.path.join(REPO, 'configs/sweeps/ablations.py'))
+  names = [sweep.point_name(p) for p in points]
+  assert names[0] == 'baseline' and len(set(names)) == len(names) == 7
+  changed = {key: value for point in points for key, value in point.items()}
+  assert changed == {
+      'model.activation': 'tanh', 'model.lrn': False, 'model.overlapping_pool': False,
+      'model.dropout_rate': 0.0, 'model.groups': 1, 'augment.random_crop': False,
+      'augment.flip': False, 'augment.pca_lighting': 0.0}
+
+
+def test_bad_sweep_files_are_clear_errors(tmp_path):
+  no_function = tmp_path / 'no_function.py'
+  no_function.write_text('POINTS = [{}]\n')
+  with pytest.raises(ValueError, match='must define get_sweep'):
+    sweep.load_sweep(str(no_function))
+  repeated = tmp_path / 'repeated.py'
+  repeated.write_text('def get_sweep():\n  return [{"model.lrn": False}, {"model.lrn": False}]\n')
+  with pytest.raises(ValueError, match='repeated'):
+    sweep.load_sweep(str(repeated))
+  with pytest.raises(FileNotFoundError, match='no such file'):
+    sweep.load_sweep(str(tmp_path / 'missing.py'))
+
+
+def _sweep(root, sweep_file, launcher: str) -> subprocess.CompletedProcess:
+  shared = [f'--config.{key}={value}' for key, value in {**TINY_RUN, 'num_train_steps': 2}.items()]
+  env = env_with_cpu_devices(1)
+  env['PYTHON'] = sys.executable  # the interpreter SLURM jobs run
+  result = subprocess.run(
+      [sys.executable, '-m', 'launch.sweep', '--config=configs/smoke.py', f'--sweep={sweep_file}',
+       f'--workdir={root}', f'--launcher={launcher}', '--', *shared],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
+
+
+def _finished(workdir) -> bool:
+  with open(workdir / 'run_info.json') as f:
+    return json.load(f)['finished']
+
+
+@pytest.mark.slow
+def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, tmp_path):
+  sweep_file = tmp_path / 'two_points.py'
+  sweep_file.write_text('def get_sweep():\n  return [{}, {"model.activation": "tanh"}]\n')
+  root = tmp_path / 'sweep'
+  baseline, tanh = root / 'baseline', root / 'model.activation=tanh'
+
+  output = _sweep(root, sweep_file, 'local').stdout
+  assert 'baseline: training' in output and 'model.activation=tanh: training' in output
+  assert _finished(baseline) and _finished(tanh)
+  with open(tanh / 'config.json') as f:
+    assert json.load(f)['model']['activation'] == 'tanh'
+  with open(tanh / 'sweep_point.json') as f:
+    assert json.load(f)['overrides'] == {'model.activation': 'tanh'}
+
+  # An interrupted point: the SLURM array holds only it, and it resumes from its checkpoint.
+  with open(baseline / 'run_info.json') as f:
+    run_info = json.load(f)
+  (baseline / 'run_info.json').write_text(json.dumps({**run_info, 'finished': False}))
+  output = _sweep(root, sweep_file, 'slurm').stdout
+  assert 'model.activation=tanh: finished, skipped' in output
+  job_id = re.search(r'submitted job array (\d+): 1 of 2 points \(tasks 0\)', output).group(1)
+  deadline = time.monotonic() + 600
+  while subprocess.run(['squeue', '--noheader', f'--jobs={job_id}'], capture_output=True,
+                       text=True).stdout.strip():
+    assert time.monotonic() < deadline, f'job array {job_id} still running after 600 s'
+    time.sleep(1)
+  job_log = (root / 'logs' / f'{job_id}_0.log').read_text()
+  assert f'resuming from {baseline}/checkpoints, step 2' in job_log, job_log[-3000:]
+  assert _finished(baseline)
+
+  output = _sweep(root, sweep_file, 'local').stdout
+  assert output.count('finished, skipped') == 2 and 'training' not in output
+  assert 'all 2 points finished' in output

@@ -16,11 +16,13 @@ train.log (local), ROOT/logs/<job>_<task>.log (SLURM). `python -m alexnet_jax.re
 tabulates and plots the points.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -99,6 +101,25 @@ def _prepare_point(root: str, overrides: dict) -> str:
   return workdir
 
 
+@contextlib.contextmanager
+def _forwarding_signals_to(child: subprocess.Popen):
+  """SIGINT/SIGTERM/SIGUSR1 to the sweep reach the training run (which checkpoints and exits)
+  instead of leaving it running on its own. Yields the list of signals received."""
+  received = []
+
+  def forward(signum, frame):
+    del frame
+    received.append(signum)
+    child.send_signal(signum)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+  try:
+    yield received
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
 def run_local(root: str, points: list[dict], shared_args: list[str]) -> int:
   failed = []
   for index, overrides in enumerate(points):
@@ -115,7 +136,13 @@ def run_local(root: str, points: list[dict], shared_args: list[str]) -> int:
     command += _point_args(root, overrides, shared_args)
     print(f'[{index + 1}/{len(points)}] {name}: training, log in {workdir}/train.log', flush=True)
     with open(os.path.join(workdir, 'train.log'), 'a') as log:
-      status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+      child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+      with _forwarding_signals_to(child) as received:
+        status = child.wait()
+    if received:
+      print(f'[{index + 1}/{len(points)}] {name}: stopped by signal {received[0]} (status {status});'
+            ' rerun the same command to resume the sweep.', flush=True)
+      return status or 1
     if status != 0:
       print(f'[{index + 1}/{len(points)}] {name}: failed with status {status}', flush=True)
       failed.append(name)

@@ -38,6 +38,7 @@ def get_augment_config() -> ml_collections.ConfigDict:
   augment.flip = True  # random horizontal reflection
   augment.pca_lighting = 0.1  # std of the PCA colour-noise coefficients; 0 disables
   augment.subtract_mean = True  # subtract the per-channel ImageNet mean
+  augment.divide_std = True  # then divide by the per-channel ImageNet std: unit-scale inputs for He init
   return augment
 
 
@@ -54,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.resize_size = 256  # shorter side before cropping (§2)
   config.augment = get_augment_config()
   config.eval_crops = 1  # 1 = center crop; 10 = corners + center and their mirrors (§4.1)
-  config.cache = False  # keep decoded examples in memory (small datasets only)
+  config.cache = False  # keep this process's encoded images in memory (small datasets only; saves reads, not decodes)
   config.strict_data = False  # undecodable images: False = skip and log, True = error
   config.synthetic_train_examples = 1_281_167  # dataset='synthetic*' only: split sizes
   config.synthetic_eval_examples = 50_000

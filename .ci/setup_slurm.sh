@@ -108,7 +108,7 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 log "starting slurmctld and slurmd"
-slurmctld -i  # -i: ignore state a previous cluster left behind (jobs of a different config)
+slurmctld -c  # -c: forget jobs a previous cluster left behind (they ran under another config)
 slurmd -N "$NODE"
 
 for _ in $(seq 120); do

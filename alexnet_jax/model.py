@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import conv_ops
+
 VARIANTS = ('paper', 'torchvision')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
 INIT_SCHEMES = ('paper', 'he')
@@ -166,8 +168,9 @@ class AlexNet(nn.Module):
     num_classes: size of fc8, the logits (the softmax lives in the loss).
     variant: 'paper' (§3.5) or 'torchvision' (the single-tower layout of torchvision's alexnet;
       it has no LRN and no groups, so `groups` and `lrn` do not apply to it).
-    groups: 2 is the paper's two-GPU split of conv2, conv4, conv5 (`feature_group_count`, so XLA
-      sees one grouped convolution); 1 is the single-tower network. 'paper' layout only.
+    groups: 2 is the paper's two-GPU split of conv2, conv4, conv5 (`feature_group_count`: one grouped
+      convolution on GPU; on CPU conv_ops runs each group as a dense convolution, the same sums but
+      faster there); 1 is the single-tower network. 'paper' layout only.
     lrn: local response normalization after conv1 and conv2 (§3.3). 'paper' layout only.
     activation: 'relu' (§3.1) or 'tanh' (the saturating baseline of Figure 1).
     overlapping_pool: True: 3x3 max-pools with stride 2 (§3.4); False: 2x2 with stride 2.
@@ -247,9 +250,12 @@ class AlexNet(nn.Module):
     for index, layer in enumerate(_CONVS[self.variant], start=1):
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
+      # conv_ops.for_backend: XLA's own convolution on GPU/TPU; on CPU, the same convolution
+      # rewritten where XLA's CPU kernels are slow (docs/profiling.md), equal up to float rounding.
       x = nn.Conv(features, (layer.kernel, layer.kernel), strides=layer.stride,
                   padding=[(layer.padding, layer.padding)] * 2,
                   feature_group_count=groups if layer.grouped else 1,
+                  conv_general_dilated_cls=conv_ops.for_backend,
                   dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
       x = activation(x)
       if layer.lrn and self.lrn:

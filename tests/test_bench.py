@@ -1,0 +1,55 @@
+"""The benchmark's output format and FLOP count (a tiny run; no timing is asserted)."""
+
+import json
+import re
+
+import pytest
+
+from alexnet_jax import bench
+from alexnet_jax.model import AlexNet
+
+
+def test_flops_per_image_of_the_paper_model():
+  # Multiply-adds per 227x227 image, by layer (grouped convs count half the input channels).
+  macs = (55 * 55 * 11 * 11 * 3 * 96  # conv1
+          + 27 * 27 * 5 * 5 * 48 * 256  # conv2, groups=2
+          + 13 * 13 * 3 * 3 * 256 * 384  # conv3
+          + 13 * 13 * 3 * 3 * 192 * 384  # conv4, groups=2
+          + 13 * 13 * 3 * 3 * 192 * 256  # conv5, groups=2
+          + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)  # fc6, fc7, fc8
+  assert bench.train_flops_per_image(AlexNet(), 227) == 3 * 2 * macs == 4_346_440_896
+
+
+def test_tiny_run_against_torch_prints_table_json_and_ratio_last(tmp_path, capsys):
+  out = tmp_path / 'bench.json'
+  bench.main(['--width=0.125', '--image_size=67', '--batch_sizes=4', '--dtypes=float32',
+              '--steps=1', '--rounds=2', '--matmul_size=256', '--compare-torch', f'--json_out={out}'])
+  lines = capsys.readouterr().out.strip().splitlines()
+
+  assert lines[0].startswith('machine: backend=cpu')
+  assert re.fullmatch(r'peak matmul \(256x256, float32\): [\d.]+ GFLOP/s', lines[1])
+  rows = [line.split() for line in lines if line.startswith(('jax ', 'torch '))]
+  assert [row[:3] for row in rows] == [['jax', 'float32', '4'], ['torch', 'float32', '4']]
+  assert rows[1][3] == '-'  # no compile time for torch
+  assert re.fullmatch(r'jax/torch speed ratio: \d+\.\d\d', lines[-1])
+
+  result = json.loads(out.read_text())
+  jax_row, torch_row = result['rows']
+  assert jax_row['compile_s'] > 0 and jax_row['peak_mem_gib'] > 0
+  assert jax_row['timed_steps'] == torch_row['timed_steps'] == 2
+  assert jax_row['ms_p10'] <= jax_row['ms_per_step'] <= jax_row['ms_p90']
+  assert 0 < jax_row['mfu'] and jax_row['train_gflop_per_image'] == torch_row['train_gflop_per_image']
+  ratio = jax_row['images_per_sec'] / torch_row['images_per_sec']
+  assert result['jax_over_torch'] == {'4': pytest.approx(ratio)}
+  assert lines[-1] == f'jax/torch speed ratio: {ratio:.2f}'
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--batch_sizes=128,x', 'positive integers'),
+    ('--dtypes=float16', 'unknown dtype'),
+    ('--steps=0', 'must be >= 1'),
+])
+def test_bad_flags_name_the_problem(flag, message, capsys):
+  with pytest.raises(SystemExit):
+    bench.parse_args([flag])
+  assert message in capsys.readouterr().err

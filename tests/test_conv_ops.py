@@ -1,0 +1,104 @@
+"""conv_ops computes what lax.conv_general_dilated computes: outputs and both gradients.
+
+Tolerance: the rewrites only regroup the same float32 sums, so results agree to float rounding; every
+comparison allows 1e-5 of the largest magnitude (max |ours - lax| <= 1e-5 * max |lax|), 1e-4 through the
+whole network.
+"""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import conv_ops
+from alexnet_jax.model import AlexNet
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def max_relative_error(ours, reference) -> float:
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def conv_and_grads(conv, x, w, stride, padding, groups, dtype=jnp.float32):
+  """Output and (dL/dx, dL/dw) of a loss that weighs every output element differently."""
+  def loss(x, w):
+    y = conv(x.astype(dtype), w.astype(dtype), (stride, stride), padding,
+             dimension_numbers=NHWC, feature_group_count=groups)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+  (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
+  return y, grads
+
+
+@pytest.mark.parametrize('size, in_c, kernel, stride, padding, out_c, groups', [
+    (35, 3, 11, 4, [(0, 0)] * 2, 16, 1),  # the paper's conv1: space-to-depth
+    (36, 3, 11, 4, [(2, 2)] * 2, 8, 1),  # torchvision's conv1: padded, output edge cut by the blocks
+    (30, 4, 5, 3, [(1, 2), (0, 1)], 6, 1),  # uneven padding and block grid, kernel not a multiple of 3
+    (11, 8, 5, 1, [(2, 2)] * 2, 12, 2),  # conv2: grouped 5x5
+    (7, 16, 3, 1, [(1, 1)] * 2, 8, 1),  # conv3: dense 3x3
+    (7, 16, 3, 1, [(1, 1)] * 2, 8, 2),  # conv4/conv5: grouped 3x3
+    (9, 32, 3, 2, 'SAME', 8, 2),  # strided with many channels: no space-to-depth
+])
+def test_matches_lax_convolution(size, in_c, kernel, stride, padding, out_c, groups):
+  rng = np.random.default_rng(size + kernel)
+  x = jnp.asarray(rng.standard_normal((2, size, size, in_c), np.float32))
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, in_c // groups, out_c), np.float32))
+  y_ref, (dx_ref, dw_ref) = conv_and_grads(lax.conv_general_dilated, x, w, stride, padding, groups)
+  y, (dx, dw) = conv_and_grads(conv_ops.conv_general_dilated, x, w, stride, padding, groups)
+  assert y.shape == y_ref.shape
+  assert max_relative_error(y, y_ref) < 1e-5
+  assert max_relative_error(dx, dx_ref) < 1e-5
+  assert max_relative_error(dw, dw_ref) < 1e-5
+
+
+def test_bfloat16_matches_within_bfloat16_rounding():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 11, 11, 8), np.float32))
+  w = jnp.asarray(rng.standard_normal((5, 5, 4, 12), np.float32))
+  y_ref, (_, dw_ref) = conv_and_grads(lax.conv_general_dilated, x, w, 1, [(2, 2)] * 2, 2, jnp.bfloat16)
+  y, (_, dw) = conv_and_grads(conv_ops.conv_general_dilated, x, w, 1, [(2, 2)] * 2, 2, jnp.bfloat16)
+  assert y.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  assert max_relative_error(y, y_ref) < 1e-2
+  assert max_relative_error(dw, dw_ref) < 2e-2
+
+
+def test_unhandled_arguments_fall_back_to_lax():
+  """Dilation is not rewritten: the call is lax's own, bit for bit."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((1, 9, 9, 2), np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, 2, 4), np.float32))
+  args = ((1, 1), 'VALID', None, (2, 2), NHWC)
+  np.testing.assert_array_equal(conv_ops.conv_general_dilated(x, w, *args),
+                                lax.conv_general_dilated(x, w, *args))
+
+
+def test_for_backend_picks_the_rewrite_only_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  assert conv_ops.for_backend() is conv_ops.conv_general_dilated
+
+
+def test_paper_model_loss_and_gradients_match_lax(monkeypatch):
+  """The whole paper network (small width and image): same logits and parameter gradients."""
+  model = AlexNet(num_classes=10, width=0.125, init_scheme='he')
+  images = jnp.asarray(np.random.default_rng(2).standard_normal((2, 67, 67, 3), np.float32))
+  labels = jnp.array([3, 7])
+  params = model.init(jax.random.PRNGKey(0), images)['params']
+
+  def logits_and_grads():
+    def loss(params):
+      logits = model.apply({'params': params}, images)
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels]), logits
+    return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+  grads, logits = logits_and_grads()
+  monkeypatch.setattr(conv_ops, 'for_backend', lambda: lax.conv_general_dilated)
+  grads_ref, logits_ref = logits_and_grads()
+  assert max_relative_error(logits, logits_ref) < 1e-4
+  assert jax.tree.structure(grads) == jax.tree.structure(grads_ref)
+  # Both paths really ran: the regrouped sums round differently somewhere.
+  assert not np.array_equal(grads['conv1']['kernel'], grads_ref['conv1']['kernel'])
+  for name in grads_ref:
+    assert max_relative_error(grads[name]['kernel'], grads_ref[name]['kernel']) < 1e-4, name
+    assert max_relative_error(grads[name]['bias'], grads_ref[name]['bias']) < 1e-4, name

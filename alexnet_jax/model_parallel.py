@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from alexnet_jax import model as alexnet
+from alexnet_jax import optim
 from alexnet_jax import train
 
 MODEL_AXIS = 'model'
@@ -169,17 +170,18 @@ class TowerPair:
       if layer.pool:
         x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
 
-    for name in ('fc6', 'fc7', 'fc8'):
+    for number in (6, 7, 8):
+      name = f'fc{number}'
       x = _gather_towers(x)  # every neuron of a fully connected layer sees both towers
-      if name == 'fc6':
+      if number == 6:
         x = x.reshape(x.shape[0], -1)  # AlexNet's NHWC flatten of the whole map: (h, w, c)
       dense = nn.Dense(params[name]['kernel'].shape[-1], dtype=dtype, param_dtype=jnp.float32)
       x = dense.apply({'params': params[name]}, x)
-      if name != 'fc8':
+      if number < 8:
         x = activation(x)
         if train and model.dropout_rate > 0:
           # train_step's key is per (seed, step, data index); each tower and layer draws its own mask.
-          key = jax.random.fold_in(jax.random.fold_in(rngs['dropout'], tower), int(name[2:]))
+          key = jax.random.fold_in(jax.random.fold_in(rngs['dropout'], tower), number)
           x = nn.Dropout(model.dropout_rate).apply({}, x, deterministic=False, rng=key)
     return _gather_logits(x).astype(jnp.float32)
 
@@ -283,3 +285,61 @@ class ModelParallel:
         whole[shard.index] = np.asarray(shard.data)
       return whole
     return jax.tree.map(fetch_one, tree)
+
+
+def benchmark(config: ml_collections.ConfigDict, steps: int, repeats: int) -> dict[str, list[float]]:
+  """Seconds per train step of 8 x 1 data parallel and n/2 x 2 model parallel on all devices, one
+  list per layout (one entry per repeat of `steps` steps, after compiling and one warm-up step). The
+  batch is fixed and already on the devices, so only the step is timed."""
+  model = train.create_model(config, config.num_classes)
+  tx = optim.create_optimizer(config, steps_per_epoch=100, total_steps=steps * repeats + 1)
+  host_state = train.create_train_state(config, model, tx)
+  rng = np.random.default_rng(0)
+  host_batch = {'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size, 3)
+                                    ).astype(np.float32),
+                'label': rng.integers(0, config.num_classes, config.batch_size).astype(np.int32)}
+  layouts = {f'data parallel {jax.device_count()}x1': train.make_parallel(config, model, tx),
+             f'model parallel {jax.device_count() // TOWERS}x{TOWERS}': ModelParallel(config, model, tx)}
+  states = {name: parallel.put_state(host_state) for name, parallel in layouts.items()}
+  batches = {name: parallel.put_batch(host_batch) for name, parallel in layouts.items()}
+  for name, parallel in layouts.items():
+    states[name], _ = parallel.train_step(states[name], batches[name])  # compile and warm up
+    jax.block_until_ready(states[name])
+  times = {name: [] for name in layouts}
+  for _ in range(repeats):  # interleaved, so a busy spell on the machine hits both layouts
+    for name, parallel in layouts.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        states[name], _ = parallel.train_step(states[name], batches[name])
+      jax.block_until_ready(states[name])
+      times[name].append((time.perf_counter() - start) / steps)
+  return times
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('--width', type=float, default=0.25, help='config.model.width')
+  parser.add_argument('--image_size', type=int, default=67, help='config.image_size')
+  parser.add_argument('--batch_size', type=int, default=64, help='global batch')
+  parser.add_argument('--dtype', default='float32', choices=alexnet.DTYPES, help='config.model.dtype')
+  parser.add_argument('--steps', type=int, default=10, help='steps per timed repeat')
+  parser.add_argument('--repeats', type=int, default=5, help='timed repeats per layout')
+  args = parser.parse_args()
+  if jax.device_count() % TOWERS:
+    raise SystemExit(f'{jax.device_count()} devices: the model-parallel layout needs an even number. On '
+                     f'CPU run with XLA_FLAGS=--xla_force_host_platform_device_count=8.')
+  from configs import smoke  # pylint: disable=import-outside-toplevel  (the library does not need configs/)
+  config = smoke.get_config()
+  config.model.width, config.model.dtype = args.width, args.dtype
+  config.image_size = config.resize_size = args.image_size
+  config.batch_size = args.batch_size
+  times = benchmark(config, args.steps, args.repeats)
+  print(f'{jax.device_count()} {jax.devices()[0].platform} devices, width {args.width}, '
+        f'{args.image_size}x{args.image_size} images, batch {args.batch_size}, {args.dtype}: '
+        f'ms per train step over {args.repeats} x {args.steps} steps')
+  for name, seconds in times.items():
+    print(f'  {name:24s} median {1e3 * np.median(seconds):8.1f}   min {1e3 * np.min(seconds):8.1f}')
+
+
+if __name__ == '__main__':
+  main()

@@ -91,9 +91,9 @@ def check_params_match(params: Mapping[str, Any], model: AlexNet, image_size: in
   """Raises ValueError naming every array of `params` whose shape `model` does not have."""
   wanted = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False))['params']
-  wanted = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(wanted)}
-  found = {jax.tree_util.keystr(p): tuple(np.shape(x))
-           for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf))
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  wanted, found = shapes(wanted), shapes(params)
   problems = [f'{key}: {what} {found.get(key, "absent")}, model {wanted.get(key, "absent")}'
               for key in sorted(set(wanted) | set(found)) if wanted.get(key) != found.get(key)]
   if problems:
@@ -141,7 +141,8 @@ def load_torchvision_file(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top  (only this path needs PyTorch)
   except ImportError as e:
-    raise ImportError('Reading .pth files needs PyTorch: pip install torch (the CPU build is enough).') from e
+    raise ImportError('Reading .pth files needs PyTorch: pip install torch (the CPU build is '
+                      'enough).') from e
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--weights={path}: no such file.')
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
@@ -202,6 +203,20 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any |
 # --------------------------------------------------------------------------------------------------
 # Parameters out of a workdir.
 # --------------------------------------------------------------------------------------------------
+
+
+def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """DIR/config.json as a ConfigDict; `overrides` (top-level keys) replace values unless None."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist: --workdir must be a workdir written by '
+                            'alexnet_jax.main or alexnet_jax.convert.')
+  with open(path, encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in overrides.items():
+    if value is not None:
+      config[key] = value
+  return config
 
 
 def checkpoint_step(workdir: str, checkpoint: str = 'latest') -> tuple[str, int]:

@@ -8,13 +8,11 @@ which data, its checkpoints hold the parameters. The numbers come from the train
 here reproduces the eval record training wrote for it. The result is printed and appended to
 DIR/metrics.jsonl as {"split": "eval", "step": ..., "checkpoint": "latest", "eval_crops": 10, ...}.
 
-Also the loader for predict and visualize: `load(workdir, checkpoint)` gives the config, the model and the
-parameters of a checkpoint.
+Also the loader for predict and the neighbours figure: `load(workdir, checkpoint)` gives the config,
+the model and the parameters of a checkpoint.
 """
 
 import dataclasses
-import json
-import os
 import sys
 import time
 from typing import Any
@@ -50,23 +48,9 @@ class _EvalState:
   params: Any
 
 
-def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """DIR/config.json as a ConfigDict; `overrides` (top-level keys) replace values unless None."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} does not exist: --workdir must be a workdir written by '
-                            'alexnet_jax.main or alexnet_jax.convert.')
-  with open(path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  for key, value in overrides.items():
-    if value is not None:
-      config[key] = value
-  return config
-
-
 def load(workdir: str, checkpoint: str = 'latest', **overrides: Any) -> Loaded:
   """The model of DIR/config.json with the parameters of checkpoint 'latest', 'best' or STEP."""
-  config = load_config(workdir, **overrides)
+  config = convert.load_config(workdir, **overrides)
   model = train.create_model(config, config.num_classes)
   params, step = convert.restore_params(workdir, checkpoint)
   convert.check_params_match(params, model, config.image_size,
@@ -89,7 +73,7 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
 
   `overrides`: eval_crops, eval_batch_size, data_dir, ... (config keys; None keeps config.json's).
   """
-  config_validation.validate(load_config(workdir, **overrides))
+  config_validation.validate(convert.load_config(workdir, **overrides))
   loaded = load(workdir, checkpoint, **overrides)
   config = loaded.config
   info = data.get_dataset_info(config)
@@ -131,7 +115,7 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program, as predict and visualize import this module.
+  # Defined only when run as a program, as predict and neighbors import this module.
   flags.DEFINE_string('workdir', None, 'A workdir of alexnet_jax.main or alexnet_jax.convert.')
   flags.DEFINE_string('checkpoint', 'latest', 'latest, best (lowest eval top-1 error) or a step.')
   flags.DEFINE_integer('eval_crops', None, '1 (center) or 10 (corners, center, mirrors; §4.1); '

@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program, as visualize imports this module.
+  # Defined only when run as a program, as neighbors imports this module.
   flags.DEFINE_string('workdir', None, 'A workdir of alexnet_jax.main or alexnet_jax.convert.')
   flags.DEFINE_string('checkpoint', 'latest', 'latest, best (lowest eval top-1 error) or a step.')
   flags.DEFINE_integer('eval_crops', None, '1 or 10 crops per image; default: config.json\'s.')

@@ -117,7 +117,7 @@ def converted(tmp_path_factory):
 
 
 def test_convert_command_writes_a_workdir_that_loads(converted):
-  workdir, weights, module = converted
+  workdir, _, module = converted
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = json.load(f)
   assert config['model']['variant'] == 'torchvision'
@@ -133,16 +133,14 @@ def test_convert_command_writes_a_workdir_that_loads(converted):
   np.testing.assert_allclose(logits, torch_logits(module, images), rtol=1e-4, atol=1e-4)
 
   # A second conversion into the same workdir is refused rather than mixed in.
-  again = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.convert', f'--weights={weights}', f'--workdir={workdir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 2 and 'already holds checkpoints' in again.stderr
+  with pytest.raises(FileExistsError, match='already holds checkpoints'):
+    convert.write_workdir(workdir, loaded.config, loaded.params)
 
 
 def test_load_pretrained_params_keeps_a_fresh_head_for_new_classes(converted):
   workdir, _, module = converted
   source = convert.from_torchvision(module.state_dict())['params']
-  config = evaluate.load_config(workdir)
+  config = convert.load_config(workdir)
 
   # Fine-tuning on 10 classes at another size (the adaptive pool keeps fc6's shape).
   fresh = random_params(train.create_model(config, num_classes=10), image_size=96, seed=3)

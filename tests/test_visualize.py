@@ -1,4 +1,4 @@
-"""Pictures: conv1's kernel grid (Figure 3), image grids, fc7 features and nearest neighbours (Figure 4)."""
+"""Pictures: conv1's kernel grid (Figure 3), image grids, fc7 features, nearest neighbours (Figure 4)."""
 
 import dataclasses
 import os
@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 import input_images
-from alexnet_jax import convert, evaluate, visualize
+from alexnet_jax import convert, evaluate, neighbors, visualize
 from alexnet_jax.model import AlexNet
 from configs import smoke
 
@@ -65,7 +65,7 @@ def test_fc7_features_are_what_fc8_sees():
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)['params']
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32), shapes)
-  features, logits = jax.jit(lambda p, x: (visualize.fc7_features(model, p, x),
+  features, logits = jax.jit(lambda p, x: (neighbors.fc7_features(model, p, x),
                                            model.apply({'params': p}, x, train=False)))(params, images)
   assert features.shape == (3, 512) and float(features.min()) >= 0.0  # after the ReLU
   assert float(features.max()) > 0.0 and float((features == 0).mean()) > 0.1  # the ReLU did act
@@ -92,29 +92,32 @@ def test_each_training_image_is_its_own_nearest_neighbour(folder_workdir):
   loaded = evaluate.load(folder_workdir)
   config = loaded.config.copy_and_resolve_references()
   config.eval_split = 'train'  # queries from the training split: each must find itself first
-  neighbors = visualize.nearest_neighbors(dataclasses.replace(loaded, config=config),
-                                          num_queries=5, num_neighbors=3, batch_size=8)
-  np.testing.assert_array_equal(neighbors.indices[:, 0], np.arange(5))
-  np.testing.assert_array_equal(neighbors.labels[:, 0], neighbors.query_labels)
-  np.testing.assert_array_equal(neighbors.images[:, 0], neighbors.query_images)
-  assert np.all(neighbors.distances[:, 0] < 1e-2 * neighbors.distances[:, 1])
-  assert np.all(np.diff(neighbors.distances, axis=1) >= 0)
+  found = neighbors.nearest_neighbors(dataclasses.replace(loaded, config=config),
+                                      num_queries=5, num_neighbors=3, batch_size=8)
+  np.testing.assert_array_equal(found.indices[:, 0], np.arange(5))
+  np.testing.assert_array_equal(found.labels[:, 0], found.query_labels)
+  np.testing.assert_array_equal(found.images[:, 0], found.query_images)
+  assert np.all(found.distances[:, 0] < 1e-2 * found.distances[:, 1])
+  assert np.all(np.diff(found.distances, axis=1) >= 0)
   # Only the first 4 of the 12 training images searched, in batches of 3.
-  limited = visualize.nearest_neighbors(dataclasses.replace(loaded, config=config),
+  limited = neighbors.nearest_neighbors(dataclasses.replace(loaded, config=config),
                                         num_queries=5, num_neighbors=2, num_train=4, batch_size=3)
   assert limited.indices.max() < 4
   with pytest.raises(ValueError, match='Only 4 training images'):
-    visualize.nearest_neighbors(loaded, num_queries=2, num_neighbors=5, num_train=4, batch_size=8)
+    neighbors.nearest_neighbors(loaded, num_queries=2, num_neighbors=5, num_train=4, batch_size=8)
 
 
-def test_neighbors_png_has_a_row_per_query(folder_workdir, tmp_path):
+def test_neighbors_png_and_summary(folder_workdir, tmp_path):
   out = str(tmp_path / 'nn.png')
-  neighbors = visualize.write_neighbors(folder_workdir, out, num_queries=3, num_neighbors=4,
-                                        batch_size=8)
-  assert neighbors.indices.shape == (3, 4)
+  found = neighbors.write_neighbors(folder_workdir, out, num_queries=3, num_neighbors=4,
+                                    batch_size=8)
   picture = np.asarray(Image.open(out))
-  assert picture.shape == (3 * 67 + 4 * 2, 5 * 67 + 6 * 2, 3)  # query + 4 neighbours per row
+  assert picture.shape == (3 * 67 + 4 * 2, 5 * 67 + 6 * 2, 3)  # a query and 4 neighbours per row
   assert picture.std() > 10  # images, not a blank canvas
+  # A line per query: its class, then its neighbours' classes and distances.
+  rows = neighbors.describe(found, convert.load_config(folder_workdir)).splitlines()
+  assert len(rows) == 3 and all(row.strip().startswith('class_') for row in rows)
+  assert all(row.count('class_') == 5 for row in rows)
 
 
 def test_kernels_command_writes_the_png(folder_workdir, tmp_path):
@@ -133,8 +136,8 @@ def test_neighbors_of_a_synthetic_run_come_from_its_training_split(folder_workdi
   config.dataset = 'synthetic_learnable'
   config.synthetic_train_examples = 40  # 3 batches of 16, the last half padding
   config.synthetic_eval_examples = 8
-  neighbors = visualize.nearest_neighbors(dataclasses.replace(loaded, config=config),
-                                          num_queries=3, num_neighbors=40, batch_size=16)
-  assert sorted(neighbors.indices[0]) == list(range(40))  # every training example, none twice
-  figure = visualize.neighbors_figure(neighbors, config)
+  found = neighbors.nearest_neighbors(dataclasses.replace(loaded, config=config),
+                                      num_queries=3, num_neighbors=40, batch_size=16)
+  assert sorted(found.indices[0]) == list(range(40))  # every training example, none twice
+  figure = neighbors.neighbors_figure(found, config)
   assert figure.shape == (3 * 67 + 4 * 2, 41 * 67 + 42 * 2, 3)

@@ -7,14 +7,18 @@
 What is timed is the project's own step: `train.train_step` wrapped by `train.make_parallel` (jit +
 shard_map over one device, the state buffers donated), on the paper model of configs/default.py with
 SGD + momentum + weight decay and a random synthetic batch already on the device. Compile time is
-`lower(...).compile()`; steps run the compiled executable.
+`lower(...).compile()`; steps run the compiled executable. Peak memory is the device allocator's
+high-water mark of the process so far where the device reports one (GPU: rows run in order, so a row
+after a bigger one shows that one's peak; the JSON also has XLA's own estimate for the step,
+arguments + outputs + temporaries), else that XLA estimate (CPU).
 
 MFU (model FLOP utilization) = analytic training FLOPs per image x images/s / peak matmul FLOP/s. FLOPs
 per image count only convolutions and dense layers: 2 x multiply-adds of the forward pass (a grouped
 convolution counts its groups' work only: kh*kw*C_in/groups*C_out per output pixel), times 3 for forward
-+ backward (the two backward products, dX and dW, each cost the forward's). That is 4.35 GFLOP per
-227x227 image for the paper model. Peak is measured in the same process: the best of several runs of a
-big jitted matmul in the benchmark's dtype.
++ backward (the two backward products, dX and dW, each cost the forward's; conv1's dX, which no step
+computes, is counted too, by convention). That is 4.35 GFLOP per 227x227 image for the paper model.
+Peak is measured in the same process: the best of several runs of a big jitted matmul in the
+benchmark's dtype.
 
 With --compare-torch, `torch_reference.PaperAlexNet` (channels_last, torch.optim.SGD with momentum and
 weight decay, cross-entropy) runs on the CPU with `torch.set_num_threads(--torch_threads)`, interleaved
@@ -117,17 +121,21 @@ class JaxStep:
     self.state, step_metrics = self.compiled(self.state, self.batch)
     jax.block_until_ready(step_metrics['loss'])
 
+  def xla_memory_estimate(self) -> float | None:
+    """GiB the compiled step needs by XLA's own accounting: arguments + outputs + temporaries."""
+    analysis = self._memory_analysis
+    if analysis is None:
+      return None
+    return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes) / 2**30
+
   def peak_memory(self) -> tuple[float | None, str]:
-    """(GiB, source): the device allocator's peak if it reports one (GPU), else XLA's estimate."""
+    """(GiB, source): the device allocator's high-water mark of this process so far, where the
+    device reports one (GPU); else XLA's estimate (CPU)."""
     stats = jax.devices()[0].memory_stats()
     if stats and 'peak_bytes_in_use' in stats:
       return stats['peak_bytes_in_use'] / 2**30, 'device peak'
-    analysis = self._memory_analysis
-    if analysis is None:
-      return None, 'n/a'
-    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-    return total / 2**30, 'XLA estimate'
+    return self.xla_memory_estimate(), 'XLA estimate'
 
 
 class TorchStep:
@@ -241,7 +249,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       memory, memory_source = jax_step.peak_memory()
       row = {'framework': 'jax', 'dtype': dtype, 'batch_size': batch_size,
              'compile_s': jax_step.compile_seconds, 'peak_mem_gib': memory,
-             'peak_mem_source': memory_source, 'train_gflop_per_image': flops / 1e9,
+             'peak_mem_source': memory_source, 'xla_mem_estimate_gib': jax_step.xla_memory_estimate(),
+             'train_gflop_per_image': flops / 1e9,
              **summarize(times['jax'], batch_size, flops, peaks[dtype])}
       rows.append(row)
       print(_format_row(row), flush=True)

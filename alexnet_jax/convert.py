@@ -256,8 +256,7 @@ def restore_params(workdir: str, checkpoint: str = 'latest') -> tuple[dict[str, 
   directory, step = checkpoint_step(workdir, checkpoint)
   manager = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
   try:
-    stored = manager.item_metadata(step)
-    stored = getattr(stored, 'tree', stored)
+    stored = manager.item_metadata(step).tree  # shapes and dtypes, nothing read yet
     if 'params' not in stored:
       raise ValueError(f'The checkpoint of step {step} in {directory} holds no params.')
     host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])

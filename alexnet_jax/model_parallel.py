@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax import conv_ops
 from alexnet_jax import model as alexnet
 from alexnet_jax import optim
 from alexnet_jax import train
@@ -162,8 +163,9 @@ class TowerPair:
         x = _gather_towers(x)  # conv3 reads both towers' maps
       kernel = params[name]['kernel']  # [kh, kw, in, out / 2]: this tower's filters
       conv = nn.Conv(kernel.shape[-1], kernel.shape[:2], strides=layer.stride,
-                     padding=[(layer.padding, layer.padding)] * 2, dtype=dtype,
-                     param_dtype=jnp.float32)
+                     padding=[(layer.padding, layer.padding)] * 2,
+                     conv_general_dilated_cls=conv_ops.for_backend,  # as AlexNet does
+                     dtype=dtype, param_dtype=jnp.float32)
       x = activation(conv.apply({'params': params[name]}, x))
       if layer.lrn and model.lrn:
         x = _lrn_across_towers(x)

@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state in `WORKDIR/checkpoints` (and the best one in
 `WORKDIR/checkpoints_best`).
 
-Orbax writes each step to a temporary directory and renames it only once complete, so a run killed mid-save
-leaves no half-written checkpoint for `latest_step` to find. Saving is asynchronous: training continues
-while the previous checkpoint is written; `wait` blocks until it is on disk.
+Orbax writes each step to a temporary directory (`<step>.orbax-checkpoint-tmp`) and renames it only once
+complete, so a run killed mid-save leaves no half-written checkpoint for `latest_step` to find; the next run
+deletes such leftovers. Saving is asynchronous: training continues while the previous checkpoint is written;
+`wait` blocks until it is on disk. A write that fails (disk full, directory gone or read-only) surfaces at
+the next `save` or `wait` as a CheckpointWriteError naming the step; the earlier checkpoints are untouched,
+since Orbax deletes old steps only after a new one is complete.
 
 Restoring checks the checkpoint's array shapes against the model built from the current config first, so
 a workdir holding another model's checkpoints gives a readable error instead of an Orbax traceback.
@@ -12,6 +15,7 @@ a workdir holding another model's checkpoints gives a readable error instead of 
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -33,22 +37,32 @@ class CheckpointMismatchError(ValueError):
   """The workdir's checkpoints were written by a model or optimizer of another shape."""
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; the previous ones are intact."""
+
+
 class Checkpointer:
   """Latest-`keep` checkpoints plus the best one by eval top-1 error."""
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     # Naming the handler lets a fresh process read a checkpoint's metadata before restoring it.
+    # cleanup_tmp_directories: a run killed mid-save left a temporary directory, never loaded; this
+    # frees its space.
     self._latest = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True))
     self._best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints_best'),
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
             best_fn=lambda metrics: metrics['top1_err'], best_mode='min'))
+    self._writing = {id(self._latest): None, id(self._best): None}  # the step of the write in flight
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -60,15 +74,39 @@ class Checkpointer:
     return list(self._latest.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    if step in self._latest.all_steps():
-      return
-    self._latest.save(step, args=ocp.args.StandardSave(state))
+    """Starts writing `state` as checkpoint `step` (after the previous write has finished)."""
+    self._save(self._latest, step, state)
 
   def save_best(self, step: int, state: Any, top1_err: float) -> None:
     """Offers the state for `checkpoints_best`; Orbax keeps it only if its error is the lowest."""
-    if step in self._best.all_steps():
+    self._save(self._best, step, state, metrics={'top1_err': float(top1_err)})
+
+  def _save(self, manager: ocp.CheckpointManager, step: int, state: Any, **kwargs: Any) -> None:
+    if step in manager.all_steps():
       return
-    self._best.save(step, args=ocp.args.StandardSave(state), metrics={'top1_err': float(top1_err)})
+    self._wait(manager)  # a failure of the previous write is reported with that write's step
+    try:
+      manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises ValueError, OSError, ...)
+      raise self._write_error(manager, step, e) from e
+    self._writing[id(manager)] = step
+
+  def _wait(self, manager: ocp.CheckpointManager) -> None:
+    try:
+      manager.wait_until_finished()  # re-raises an exception of Orbax's background writer
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(manager, self._writing[id(manager)], e) from e
+    self._writing[id(manager)] = None
+
+  def _write_error(self, manager: ocp.CheckpointManager, step: int | None,
+                   error: Exception) -> CheckpointWriteError:
+    self._failed = True
+    complete = [s for s in manager.all_steps() if s != step]
+    previous = (f'the latest complete checkpoint, step {max(complete)}, is intact' if complete
+                else 'there is no earlier checkpoint')
+    return CheckpointWriteError(
+        f'Writing the checkpoint of step {step} to {manager.directory} failed ({error}); {previous}. '
+        f'Free disk space or make the directory writable, then rerun the same command to resume.')
 
   def restore(self, abstract_state: Any, step: int | None = None, best: bool = False) -> Any:
     """Restores `step` (default: the latest) into the structure and shardings of `abstract_state`."""
@@ -99,9 +137,17 @@ class Checkpointer:
           f'the config that wrote these checkpoints.')
 
   def wait(self) -> None:
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    """Blocks until every checkpoint started is on disk; raises CheckpointWriteError if one failed."""
+    self._wait(self._latest)
+    self._wait(self._best)
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    """Waits for the writes in flight and releases Orbax's threads. A failed write was already
+    reported by `save`/`wait` (or is reported here, if it was not)."""
+    for manager in (self._latest, self._best):
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if not self._failed:
+          raise self._write_error(manager, self._writing[id(manager)], e) from e
+        logging.warning('closed %s after its failed write: %s', manager.directory, e)

@@ -6,10 +6,13 @@ also depends on the device count, which is known only after `jax.distributed.ini
 
 from collections.abc import Callable
 import dataclasses
+import os
 from typing import Any
 
+from etils import epath
 import ml_collections
 
+from alexnet_jax import data
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 
@@ -32,9 +35,11 @@ def _one_of(*values) -> _Rule:
 _INT, _NUMBER = (int,), (int, float)
 _POSITIVE_INT = _Rule(_INT, lambda v: v > 0, 'an integer > 0')
 _BOOL = _Rule((bool,), lambda v: True, 'True or False')
+_FOLDER_PREFIX = 'folder:'  # input_pipeline.FOLDER_PREFIX; importing that module would import TensorFlow
 
 RULES: dict[str, _Rule] = {
     'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "synthetic" or "synthetic_learnable"'),
+    'data_dir': _Rule((str, type(None)), lambda v: True, 'a directory, or None for the TFDS default'),
     'train_split': _Rule((str,), bool, 'a split name'),
     'eval_split': _Rule((str,), bool, 'a split name'),
     'num_classes': _POSITIVE_INT,
@@ -58,6 +63,9 @@ RULES: dict[str, _Rule] = {
     'momentum': _Rule(_NUMBER, lambda v: 0 <= v < 1, 'a number in [0, 1)'),
     'weight_decay': _Rule(_NUMBER, lambda v: v >= 0, 'a number >= 0'),
     'lr_schedule': _one_of(*optim.LR_SCHEDULES),
+    'step_epochs': _Rule((tuple, list), lambda v: all(
+        isinstance(e, _NUMBER) and not isinstance(e, bool) and e > 0 for e in v),
+        'a tuple of epochs > 0, e.g. (30, 60, 80)'),
     'plateau_patience_epochs': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
     'plateau_factor': _Rule(_NUMBER, lambda v: 0 < v < 1, 'a number in (0, 1)'),
     'plateau_max_reductions': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
@@ -108,6 +116,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.image_size={config.image_size} is too small for model.variant='
                       f'{config.model.variant!r} with overlapping_pool={config.model.overlapping_pool}: '
                       f'the three max-pools need at least {smallest}')
+  _validate_dataset(config.dataset, config.data_dir)
+
+
+def _validate_dataset(dataset: str, data_dir: str | None) -> None:
+  """The dataset must be synthetic, an existing folder, or a TFDS builder (registered, or prepared in
+  data_dir). TFDS is imported only for TFDS names, so synthetic runs stay free of it."""
+  if dataset in data.SYNTHETIC_DATASETS:
+    return
+  if dataset.startswith(_FOLDER_PREFIX):
+    root = dataset[len(_FOLDER_PREFIX):]
+    if not os.path.isdir(root):
+      raise ConfigError(f'config.dataset={dataset!r}: {root!r} is not a directory; a folder dataset '
+                        f'is "folder:/path" with /path/train/<class>/*.jpg (see README)')
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (2 s; TensorFlow stays out)
+  name, _ = tfds.core.naming.parse_builder_name_kwargs(dataset)
+  if name.namespace or name.name in tfds.list_builders(with_community_datasets=False):
+    return  # community namespaces are resolved by TFDS itself
+  data_dirs = tfds.core.utils.file_utils.list_data_dirs(given_data_dir=data_dir)
+  if any((epath.Path(d) / name.name).is_dir() for d in data_dirs):  # epath: also gs://
+    return  # prepared without registered code: TFDS loads it from its files
+  raise ConfigError(
+      f'config.dataset={dataset!r} is invalid: expected a TFDS name (e.g. \'imagenet2012\'; no builder '
+      f'{name.name!r} is registered or prepared in {", ".join(map(str, data_dirs))}), '
+      f'"{_FOLDER_PREFIX}/path", {" or ".join(map(repr, data.SYNTHETIC_DATASETS))}')
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int,

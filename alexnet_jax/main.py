@@ -2,8 +2,9 @@ r"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/default.py --wo
 
 Any config key can be overridden, e.g. `--config.model.groups=1 --config.batch_size=256`. Rerunning the
 same command resumes from the latest checkpoint in DIR. Exit codes: 0 finished; 2 invalid config or
-workdir (one line on stderr says which key and what it allows); 1 other errors, a NaN/Inf loss among them
-(the message names the step); 75 preempted by SIGTERM/SIGUSR1 after checkpointing (rerun to resume).
+workdir, or an unknown or unparsable --config.* flag (one line on stderr says which key and what it
+allows); 1 other errors, a NaN/Inf loss (the message names the step) or a failed checkpoint write among
+them; 75 preempted by SIGTERM/SIGUSR1 after checkpointing (rerun to resume).
 """
 
 import sys
@@ -42,6 +43,40 @@ def _fail(message: str, exit_code: int) -> None:
   sys.exit(exit_code)
 
 
+def _unknown_override(error: Exception, argv: list[str]) -> str | None:
+  """The message for ml_collections' KeyError (or AttributeError wrapping one) about a `--config.*`
+  override of a key the config lacks; None if `error` is about something else."""
+  cause = error.args[0] if error.args and isinstance(error.args[0], KeyError) else error
+  name, _, suggestion = str(cause.args[0] if cause.args else '').partition('\n')
+  name = name.strip('\'"')
+  for arg in argv[1:]:
+    flag = arg.split('=', 1)[0].lstrip('-')
+    if flag.startswith('config.') and name in flag.split('.')[1:]:
+      suggestion = f' {suggestion.strip()}' if suggestion else ''
+      return (f'--{flag}: the config has no key {name!r}.{suggestion} Every key is set in '
+              f'configs/default.py (README, "Config keys").')
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad --config file or --config.* override reported in one line (exit 2)
+  instead of a traceback."""
+  try:
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a config file that failed to load raises its OSError on first access
+    return remaining
+  except flags.Error as e:  # a missing or unparsable value, e.g. --config.batch_size=3.5
+    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+  except (KeyError, AttributeError) as e:
+    message = _unknown_override(e, argv)
+    if message is None:
+      raise  # an error inside the config file itself: its traceback says where
+    _fail(message, CONFIG_ERROR_EXIT_CODE)
+  except OSError as e:  # the config file is missing or unreadable
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    _fail(f'cannot load the config file: {reason}', CONFIG_ERROR_EXIT_CODE)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -66,9 +101,9 @@ def main(argv: list[str]) -> None:
   except train.Preempted as e:
     logging.warning('%s', e)
     sys.exit(PREEMPTED_EXIT_CODE)
-  except train.NonFiniteLossError as e:
+  except (train.NonFiniteLossError, checkpointing.CheckpointWriteError) as e:
     _fail(str(e), 1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

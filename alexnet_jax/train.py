@@ -112,8 +112,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's share of the batch; gradients averaged over the `data` axis.
 
-  A step whose loss or gradients are not finite is not applied: params and optimizer state stay as they
-  were, and the step is recorded in `nonfinite_steps` / `first_nonfinite_step` for the host to act on.
+  A step whose loss, gradients or resulting params or optimizer state are not finite is not applied:
+  params and optimizer state stay as they were, and the step is recorded in `nonfinite_steps` /
+  `first_nonfinite_step` for the host to act on.
   """
   device_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step),
                                   jax.lax.axis_index(DATA_AXIS))
@@ -132,8 +133,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
 
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(step_metrics['loss']) & jnp.all(
-      jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # The new params and optimizer state too: a finite gradient times a huge rate can still overflow.
+  finite = jnp.isfinite(step_metrics['loss']) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, new_params, new_opt_state))]))
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1,
@@ -351,12 +353,39 @@ def _check_finite(state: TrainState, config: ml_collections.ConfigDict, parallel
   """Raises NonFiniteLossError (unless skipping is on); returns the count of skipped steps."""
   first_bad, count = parallel.fetch((state.first_nonfinite_step, state.nonfinite_steps))
   if first_bad >= 0 and not config.skip_nonfinite_steps:
+    latest = checkpointer.latest_step()
+    kept = (f'The latest checkpoint, step {latest}, is from before it and is intact.' if latest is not None
+            else 'No checkpoint was written.')
     raise NonFiniteLossError(
-        f'The loss or a gradient became NaN/Inf at step {int(first_bad)} (the update of that step was '
-        f'not applied). The latest checkpoint, step {checkpointer.latest_step()}, is from before it and '
-        f'is intact. Lower config.learning_rate, check the data, or set '
+        f'The loss, a gradient or an update became NaN/Inf at step {int(first_bad)} (that update was not '
+        f'applied). {kept} Lower config.learning_rate, check the data, or set '
         f'config.skip_nonfinite_steps=True to skip such steps.')
   return int(count)
+
+
+# The config keys that shape the train state. A workdir's checkpoints restore only into a config that
+# agrees on all of them (the fc6 input depends on image_size and the pools).
+STATE_SHAPE_KEYS = ('num_classes', 'image_size', 'optimizer', 'model.variant', 'model.groups',
+                    'model.width', 'model.overlapping_pool')
+
+
+def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises CheckpointMismatchError if `workdir/config.json` is of a run whose train state has other
+  shapes, naming the first key that differs."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    previous = json.load(f)
+  for key in STATE_SHAPE_KEYS:
+    was, now = previous, config
+    for part in key.split('.'):
+      was, now = was.get(part) if isinstance(was, dict) else None, now[part]
+    if was is not None and was != now:
+      raise checkpointing.CheckpointMismatchError(
+          f'--workdir={workdir} holds a run of another model: config.{key} is {was!r} there and {now!r} '
+          f'now, which changes the shapes of the train state. Use a new --workdir for this config, or '
+          f'resume that run with --config.{key}={was}.')
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
@@ -367,7 +396,20 @@ def _write_json(path: str, value: dict[str, Any]) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Raises Preempted after checkpointing if SIGTERM or SIGUSR1 arrives (also during startup: from here
+  on they only set a flag), NonFiniteLossError, CheckpointMismatchError or CheckpointWriteError.
+  """
+  watcher = PreemptionWatcher()
+  try:
+    return _train_and_evaluate(config, workdir, watcher)
+  finally:
+    watcher.restore()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        watcher: PreemptionWatcher) -> TrainState:
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = data.get_dataset_info(config)
@@ -376,6 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                  config.dataset, info.num_classes, config.num_classes)
     with config.unlocked():
       config.num_classes = info.num_classes
+  _check_workdir_config(config, workdir)
 
   steps_per_epoch = max(info.num_train_examples // config.batch_size, 1)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -406,7 +449,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 'steps_per_epoch': steps_per_epoch, 'finished': False}
     _write_json(os.path.join(workdir, 'run_info.json'), run_info)
   writer = metrics.MetricsWriter(workdir, enabled=is_chief)
-  watcher = PreemptionWatcher()
   logging.info('training %s on %s: %d steps of %d images (%d steps/epoch), %d devices in %d processes',
                config.dataset, jax.default_backend(), total_steps, config.batch_size, steps_per_epoch,
                jax.device_count(), jax.process_count())
@@ -416,6 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       process_index=jax.process_index(), process_count=jax.process_count())))
   pending_metrics = []
   interval_start, interval_first_step = time.time(), start_step
+  reported_skips = int(parallel.fetch(state.nonfinite_steps))
   try:
     for step in range(start_step, total_steps):
       state, step_metrics = parallel.train_step(state, next(batches))
@@ -426,6 +469,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
       if is_log_step:
         skipped = _check_finite(state, config, parallel, checkpointer)
+        if skipped > reported_skips:
+          logging.warning('step %d: %d steps with a NaN/Inf loss, gradient or update skipped so far '
+                          '(their updates were not applied)', done, skipped)
+          reported_skips = skipped
         fetched = parallel.fetch(pending_metrics)
         elapsed = time.time() - interval_start
         rate = (done - interval_first_step) * config.batch_size / max(elapsed, 1e-9)
@@ -464,7 +511,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise Preempted(done, watcher.signal_name)
     checkpointer.wait()
   finally:
-    watcher.restore()
     writer.close()
     checkpointer.close()
 

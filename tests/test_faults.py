@@ -1,0 +1,340 @@
+"""Faults a long run meets, each with real `python -m alexnet_jax.main` processes and real signals.
+
+Every run here is the same tiny job (16 steps of a 1/8-width AlexNet on 67x67 synthetic images, 2 CPU
+devices); `reference` runs it once without interruption, and the faulty runs are compared with it bit for
+bit. A persistent compilation cache shared by the runs keeps each restart to its start-up cost.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import checkpointing
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 16
+CHECKPOINT_EVERY = 4
+RUN_FLAGS = (
+    '--config=configs/smoke.py', '--config.model.width=0.125', '--config.image_size=67',
+    '--config.batch_size=16', '--config.synthetic_train_examples=256',
+    '--config.synthetic_eval_examples=32', '--config.lr_schedule=constant',
+    f'--config.num_train_steps={TOTAL_STEPS}', '--config.log_every_steps=2',
+    '--config.eval_every_steps=8', f'--config.checkpoint_every_steps={CHECKPOINT_EVERY}')
+TMP_MARKER = '.orbax-checkpoint-tmp'  # Orbax's name for a checkpoint still being written
+PREEMPTED_EXIT_CODE = 75  # alexnet_jax.main.PREEMPTED_EXIT_CODE (importing main would define its flags)
+
+
+@pytest.fixture(scope='module')
+def run_env(tmp_path_factory):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+class Run:
+  """One `python -m alexnet_jax.main` process on `workdir`; its output goes to a log file."""
+
+  def __init__(self, workdir, env, *overrides, file_size_limit_kib=None):
+    self.workdir = str(workdir)
+    self.log_path = f'{self.workdir}.{time.monotonic_ns()}.log'
+    command = [sys.executable, '-m', 'alexnet_jax.main', *RUN_FLAGS, f'--workdir={self.workdir}',
+               *overrides]
+    if file_size_limit_kib:  # RLIMIT_FSIZE, set by the shell that then becomes the run
+      command = ['bash', '-c', f'ulimit -f {file_size_limit_kib} && exec "$@"', 'bash', *command]
+    with open(self.log_path, 'w') as log:
+      self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
+
+  def log(self) -> str:
+    with open(self.log_path) as f:
+      return f.read()
+
+  def wait(self, timeout=300) -> int:
+    return self.process.wait(timeout=timeout)
+
+  def wait_for(self, condition, what, timeout=300) -> None:
+    """Polls `condition` every 2 ms (fast enough to catch a checkpoint being written)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+      if self.process.poll() is not None:
+        raise AssertionError(f'the run exited ({self.process.returncode}) before {what}:\n'
+                             f'{self.log()[-3000:]}')
+      assert time.monotonic() < deadline, f'timed out waiting for {what}'
+      time.sleep(0.002)
+
+  def finish(self) -> None:
+    """Waits for the run and asserts it finished cleanly."""
+    code = self.wait()
+    assert code == 0, f'exit code {code}:\n{self.log()[-3000:]}'
+
+  def kill(self, signum=signal.SIGKILL) -> None:
+    self.process.send_signal(signum)
+
+
+def checkpoint_names(workdir) -> list[str]:
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.listdir(directory) if os.path.isdir(directory) else []
+
+
+def temporary_dirs(workdir, step) -> set[tuple[int, int]]:
+  """(inode, ctime) of each temporary directory of checkpoint `step`: it is being written, or was when
+  a run died. (An inode alone may be reused by the next run's directory of the same name.)"""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return set()
+  found = set()
+  for entry in os.scandir(directory):
+    if entry.name.startswith(f'{step}{TMP_MARKER}'):
+      try:
+        found.add((entry.inode(), entry.stat().st_ctime_ns))
+      except FileNotFoundError:  # renamed or cleaned up just now
+        pass
+  return found
+
+
+def last_train_step(workdir) -> int:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    steps = [json.loads(line)['step'] for line in f if '"train"' in line]
+  return max(steps, default=0)
+
+
+def checkpoint_manager(workdir, directory='checkpoints'):
+  """A read-only view: it neither creates nor cleans up anything."""
+  return ocp.CheckpointManager(
+      os.path.join(workdir, directory), item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def restore(workdir, step=None):
+  """(step, whole train state as a flat {path: NumPy array}) of checkpoint `step` (default: latest)."""
+  manager = checkpoint_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  state = manager.restore(step)
+  flat = {}
+
+  def walk(prefix, tree):
+    if isinstance(tree, dict):
+      for key, value in tree.items():
+        walk(f'{prefix}/{key}', value)
+    elif isinstance(tree, (list, tuple)):
+      for index, value in enumerate(tree):
+        walk(f'{prefix}/{index}', value)
+    elif tree is not None:  # None: optax's empty states
+      flat[prefix] = np.asarray(tree)
+  walk('', state)
+  return step, flat
+
+
+def assert_bitwise_equal(a, b):
+  assert a.keys() == b.keys()
+  different = [key for key in a if a[key].dtype != b[key].dtype or a[key].shape != b[key].shape
+               or a[key].tobytes() != b[key].tobytes()]
+  assert not different, f'differ: {different}'
+
+
+def eval_rows(workdir) -> list[tuple]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r['step'], r['loss'], r['top1_err'], r['top5_err']) for r in rows if r['split'] == 'eval']
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, run_env):
+  """The uninterrupted run: its workdir."""
+  workdir = str(tmp_path_factory.mktemp('reference') / 'run')
+  Run(workdir, run_env).finish()
+  return workdir
+
+
+def copy_of(reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  return workdir
+
+
+def assert_matches_reference(workdir, reference):
+  """Same final train state, bit for bit, and every eval row equal to the reference's at its step
+  (a run restarted from an earlier checkpoint evaluates some steps twice, identically)."""
+  step, state = restore(workdir)
+  reference_step, reference_state = restore(reference)
+  assert step == reference_step == TOTAL_STEPS
+  assert_bitwise_equal(state, reference_state)
+  expected = {row[0]: row for row in eval_rows(reference)}
+  rows = eval_rows(workdir)
+  assert {row[0] for row in rows} == set(expected)
+  assert all(row == expected[row[0]] for row in rows)
+
+
+def test_kill_9_at_any_moment_then_rerun_gives_the_uninterrupted_result(tmp_path, run_env, reference):
+  workdir = str(tmp_path / 'run')
+  moment = random.Random(0)  # the kill moments: varied, and the same on every test run
+  half_written_seen = []
+
+  def kill_while_writing():
+    """Kills the rerun while it writes the checkpoint after the latest complete one."""
+    step = (checkpoint_manager(workdir).latest_step() or 0) + CHECKPOINT_EVERY
+    left_by_earlier_runs = temporary_dirs(workdir, step)
+    run = Run(workdir, run_env)
+    run.wait_for(lambda: temporary_dirs(workdir, step) - left_by_earlier_runs,
+                 f'checkpoint {step} being written')
+    run.kill()
+    assert run.wait() == -signal.SIGKILL
+    if temporary_dirs(workdir, step) - left_by_earlier_runs:  # killed before Orbax renamed it
+      half_written_seen.append(step)
+      # Orbax never lists it as a step, so the next run resumes from the one before.
+      assert step not in checkpoint_manager(workdir).all_steps()
+
+  # 1. While the first checkpoint is being written: nothing complete yet, the rerun starts over.
+  kill_while_writing()
+  # 2. Anywhere: in a step, an eval, a save, a metrics write.
+  run = Run(workdir, run_env)
+  kill_after = moment.randint(5, 8)
+  run.wait_for(lambda: last_train_step(workdir) >= kill_after, f'step {kill_after}')
+  time.sleep(moment.uniform(0, 0.01))  # a few steps at most: the run must not finish first
+  run.kill()
+  assert run.wait() == -signal.SIGKILL
+  # 3. While a later checkpoint is being written.
+  kill_while_writing()
+  # And the same command once more, to the end.
+  Run(workdir, run_env).finish()
+
+  assert half_written_seen, 'no kill landed while a checkpoint was being written'
+  assert not [name for name in checkpoint_names(workdir) if TMP_MARKER in name]  # cleaned up
+  assert_matches_reference(workdir, reference)
+
+
+def test_sigterm_and_sigusr1_checkpoint_the_current_step_and_exit_75(tmp_path, run_env, reference):
+  workdir = str(tmp_path / 'run')
+  # SIGTERM mid-run: the step it lands after is saved, whether or not it is a checkpoint step.
+  run = Run(workdir, run_env)
+  run.wait_for(lambda: last_train_step(workdir) >= 6, 'step 6')
+  run.kill(signal.SIGTERM)
+  assert run.wait() == PREEMPTED_EXIT_CODE, run.log()[-3000:]
+  saved = int(re.search(r'SIGTERM received: saved a checkpoint at step (\d+)', run.log()).group(1))
+  assert 6 <= saved < TOTAL_STEPS
+  assert checkpoint_manager(workdir).latest_step() == saved
+
+  # SIGUSR1 (SLURM's warning before its time limit) while the rerun is still starting up: it saves
+  # after its first step.
+  run = Run(workdir, run_env)
+  run.wait_for(lambda: 'resuming from' in run.log(), 'the restore')
+  run.kill(signal.SIGUSR1)
+  assert run.wait() == PREEMPTED_EXIT_CODE, run.log()[-3000:]
+  assert f'SIGUSR1 received: saved a checkpoint at step {saved + 1}' in run.log()
+  assert checkpoint_manager(workdir).latest_step() == saved + 1
+
+  Run(workdir, run_env).finish()
+  assert_matches_reference(workdir, reference)
+
+
+def test_two_processes_agree_on_the_step_they_save_when_one_is_signalled(tmp_path, run_env):
+  # Only process 1 gets SIGTERM; the flag is combined across processes at log steps (every 2), so
+  # both stop after the same step, write one checkpoint together and exit 75.
+  workdir = str(tmp_path / 'run')
+  env = dict(run_env, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  runs = [Run(workdir, env, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+              f'--process_id={index}') for index in range(2)]
+  runs[0].wait_for(lambda: last_train_step(workdir) >= 6, 'step 6')
+  runs[1].kill(signal.SIGTERM)
+  assert [run.wait() for run in runs] == [PREEMPTED_EXIT_CODE] * 2, runs[0].log()[-3000:]
+  saved = [int(re.search(r'received: saved a checkpoint at step (\d+)', run.log()).group(1))
+           for run in runs]
+  assert saved[0] == saved[1] and saved[0] % 2 == 0 and 6 <= saved[0] < TOTAL_STEPS
+  assert "a peer process's signal received" in runs[0].log()
+  assert checkpoint_manager(workdir).latest_step() == saved[0]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, run_env,
+                                                                           reference):
+  # Resume the finished reference for 4 more steps at a rate that blows the params up at once, so
+  # the loss of the next step (17, or 16 if the first update already overflows) is not finite.
+  workdir = copy_of(reference, tmp_path)
+  more_steps = ('--config.num_train_steps=20', '--config.learning_rate=1e30')
+  run = Run(workdir, run_env, *more_steps)
+  assert run.wait() == 1
+  error = re.search(r'error: The loss, a gradient or an update became NaN/Inf at step (\d+) \(that '
+                    r'update was not applied\)\. The latest checkpoint, step (\d+), is from before it '
+                    r'and is intact\.', run.log())
+  assert error, run.log()[-3000:]
+  bad_step = int(error.group(1))
+  assert TOTAL_STEPS <= bad_step < 18 and int(error.group(2)) == TOTAL_STEPS  # stopped at log step 18
+  assert checkpoint_manager(workdir).all_steps()[-1] == TOTAL_STEPS
+  assert_bitwise_equal(restore(workdir)[1], restore(reference)[1])
+
+  # With skip_nonfinite_steps the same run goes on to step 20: every update from `bad_step` on is
+  # skipped (none applied, the checkpoint stays finite), counted and logged.
+  run = Run(workdir, run_env, *more_steps, '--config.skip_nonfinite_steps=True')
+  run.finish()
+  assert (f'step 18: {18 - bad_step} steps with a NaN/Inf loss, gradient or update skipped so '
+          'far (their updates were not applied)') in run.log()
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    last_train_row = [json.loads(line) for line in f if '"train"' in line][-1]
+  assert last_train_row['step'] == 20 and last_train_row['nonfinite_steps'] == 20 - bad_step
+  step, state = restore(workdir)
+  assert step == 20 and all(np.isfinite(v).all() for k, v in state.items() if k.startswith('/params'))
+  assert state['/nonfinite_steps'] == 20 - bad_step and state['/first_nonfinite_step'] == bad_step
+
+
+def test_a_failed_checkpoint_write_is_reported_and_the_previous_checkpoint_survives(tmp_path, run_env,
+                                                                                    reference):
+  workdir = copy_of(reference, tmp_path)
+  largest_file = max(os.path.getsize(os.path.join(directory, name))
+                     for directory, _, names in os.walk(os.path.join(reference, 'checkpoints'))
+                     for name in names)
+  # A file-size limit binds root too (permissions do not): a write past it fails with EFBIG, as a
+  # write to a full disk fails with ENOSPC. Small files (metrics, logs) still fit.
+  run = Run(workdir, run_env, '--config.num_train_steps=20',
+            file_size_limit_kib=largest_file // 2 // 1024)
+  assert run.wait() == 1
+  error = [line for line in run.log().splitlines() if line.startswith('error: ')]
+  assert len(error) == 1, run.log()[-3000:]
+  assert error[0].startswith('error: Writing the checkpoint of step 20 to ')
+  assert 'File too large' in error[0] and 'is intact' in error[0]
+  assert checkpoint_manager(workdir).latest_step() == TOTAL_STEPS
+  assert_bitwise_equal(restore(workdir)[1], restore(reference)[1])
+
+
+def test_a_workdir_of_another_model_is_refused_with_the_fix(tmp_path, run_env, reference):
+  # Its config.json names the key that differs, before anything is built.
+  workdir = copy_of(reference, tmp_path)
+  run = Run(workdir, run_env, '--config.model.width=0.25')
+  assert run.wait() == 2
+  assert ("error: --workdir={} holds a run of another model: config.model.width is 0.125 there and "
+          "0.25 now, which changes the shapes of the train state. Use a new --workdir for this config, "
+          "or resume that run with --config.model.width=0.125.").format(workdir) in run.log()
+  assert checkpoint_manager(workdir).latest_step() == TOTAL_STEPS
+
+  # Without config.json the checkpoint's own shapes are compared with the state the config builds,
+  # before Orbax reads any array: here a state whose fc8 has 20 classes instead of 10.
+  stored = checkpoint_manager(workdir).item_metadata(TOTAL_STEPS)
+  wanted = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), stored)
+  wanted['params']['fc8']['kernel'] = np.zeros(stored['params']['fc8']['kernel'].shape[:1] + (20,))
+  checkpointer = checkpointing.Checkpointer(workdir, keep=3)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'was written by a different model .*params/fc8/kernel: checkpoint '
+                           r'\(\d+, 10\), config \(\d+, 20\).* Use a new --workdir for this config'):
+    checkpointer.restore(wanted)
+  checkpointer.close()

@@ -10,11 +10,12 @@ Three ways a process learns who its peers are, tried in this order:
 3. Neither: one process, no distributed runtime.
 
 Failure detection. Every process sends heartbeats to the coordination service run by process 0.
-A process that stops heartbeating for HEARTBEAT_TIMEOUT_SECONDS is declared dead and every other
-process is terminated with an error; a collective that loses its peer usually fails sooner. A
-process that finishes waits at most SHUTDOWN_TIMEOUT_SECONDS for the others at exit. So a dead
-peer never leaves the job hanging for longer than about HEARTBEAT_TIMEOUT_SECONDS; the next
-launch resumes from the last checkpoint.
+A process silent for --heartbeat_timeout_seconds (default 60) is declared dead and every other
+process is terminated with an error. A collective that loses its peer fails at once; the survivors
+then exit within the same heartbeat timeout (measured: dead peer at t=0, survivor gone at about
+t=60 s). So a dead peer never leaves the job hanging for longer than about a minute; rerunning the
+job resumes from the last checkpoint. A process that finishes normally waits at most
+SHUTDOWN_TIMEOUT_SECONDS at exit for the others to finish too.
 """
 
 import os

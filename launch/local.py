@@ -73,21 +73,24 @@ def _relay_output(process_id: int, stream) -> None:
 
 
 def _wait_all(processes: list[subprocess.Popen]) -> int:
-  """Waits for every process; after a failure, kills stragglers once the grace time is over."""
-  first_failure, failed_at = 0, None
+  """Waits for every process; after a failure, kills stragglers once the grace time is over.
+  Returns the status of the first process seen failing, else 0."""
+  first_failure, failed_at, reported = 0, None, set()
   while True:
     statuses = [p.poll() for p in processes]
-    if None not in statuses:
-      return first_failure or next((s for s in statuses if s), 0)
     for process_id, status in enumerate(statuses):
-      if status not in (None, 0) and first_failure == 0:
-        first_failure, failed_at = status, time.monotonic()
-        print(f'launch.local: process {process_id} exited with status {status}; '
-              f'waiting up to {_FAILURE_GRACE_SECONDS} s for the others.', flush=True)
+      if status not in (None, 0) and process_id not in reported:
+        reported.add(process_id)
+        print(f'launch.local: process {process_id} exited with status {status}.', flush=True)
+        if failed_at is None:
+          first_failure, failed_at = status, time.monotonic()
+    if None not in statuses:
+      return first_failure
     if failed_at is not None and time.monotonic() - failed_at > _FAILURE_GRACE_SECONDS:
       for process_id, p in enumerate(processes):
         if p.poll() is None:
-          print(f'launch.local: killing process {process_id}, still running.', flush=True)
+          print(f'launch.local: killing process {process_id}, still running '
+                f'{_FAILURE_GRACE_SECONDS} s after the first failure.', flush=True)
           p.kill()
     time.sleep(0.2)
 

@@ -3,17 +3,19 @@
 Measured on a 2-core x86 CPU (docs/profiling.md), XLA's CPU convolutions lose to PyTorch's oneDNN in
 three places, and each has a rewrite that is the same sum of products, only grouped differently:
 
-* Weight gradients. XLA lowers dL/dW (a convolution of the input with the output gradient, batch as the
-  contracted dimension) to a slow generic loop: 3-10x slower than the forward convolution. Here it is
+* Weight gradients. XLA's dL/dW (a convolution of the input with the output gradient, the batch
+  contracted) ran 1.6-11x slower than its forward convolution, and 3-8x slower than PyTorch's. Here it is
   kh*kw plain matrix products, one per kernel offset: dW[i, j] = patch(x, i, j)^T @ dY, where patch(x,
   i, j) is the input window seen by kernel tap (i, j) at every output position, [N*OH*OW, C_in].
 * Grouped convolutions (`feature_group_count > 1`, the paper's conv2/conv4/conv5). XLA CPU is several
   times slower on them than on the same work as separate dense convolutions; here each group is its own
   dense convolution and the outputs are concatenated.
-* Strided convolutions with few input channels (conv1: 11x11, stride 4, 3 channels). Space-to-depth turns
-  them into stride-1 convolutions: blocks of s x s pixels become s*s*C channels and the kernel, zero-padded
-  to a multiple of s, becomes a ceil(k/s) x ceil(k/s) kernel over those blocks. For conv1, 227x227x3 (padded
-  to 228) becomes 57x57x48 and the 11x11x3 kernel becomes 3x3x48 (zero taps at index 11).
+* The weight gradient of a strided convolution with few input channels (conv1: 11x11, stride 4, 3
+  channels: 121 thin taps of 3 channels each). Space-to-depth turns it into a stride-1 problem: blocks of
+  s x s pixels become s*s*C channels and the kernel, zero-padded to a multiple of s, becomes a
+  ceil(k/s) x ceil(k/s) kernel over those blocks. For conv1, 227x227x3 (padded to 228) becomes 57x57x48
+  and the 11x11x3 kernel 3x3x48, so dL/dW is 9 taps of 48 channels, cut back to 11x11x3 at the end.
+  (The forward pass in that form was slower than XLA's strided convolution, so it stays direct.)
 
 The forward convolution and the input gradient stay XLA's own convolutions. Results equal
 `lax.conv_general_dilated` up to float summation order (tests/test_conv_ops.py checks 1e-5 relative).
@@ -43,11 +45,9 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> ja
   return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_NHWC)
 
 
-def _weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
-                     stride: int, padding: Padding) -> jax.Array:
-  """dL/dW of a dense NHWC convolution as one matrix product per kernel tap: [kh, kw, C_in, C_out]."""
-  (pad_top, pad_bottom), (pad_left, pad_right) = padding
-  x = jnp.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+def _tap_weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
+                         stride: int) -> jax.Array:
+  """dL/dW of a VALID NHWC convolution as one matrix product per kernel tap: [kh, kw, C_in, C_out]."""
   _, out_h, out_w, out_c = dy.shape
   in_c = x.shape[-1]
   dy_rows = dy.reshape(-1, out_c)
@@ -59,7 +59,28 @@ def _weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
                          (1, stride, stride, 1))
       taps.append(lax.dot_general(window.reshape(-1, in_c), dy_rows, (((0,), (0,)), ((), ())),
                                   preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(kernel[0], kernel[1], in_c, out_c).astype(dy.dtype)
+  return jnp.stack(taps).reshape(kernel[0], kernel[1], in_c, out_c)
+
+
+def _space_to_depth_weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
+                                    stride: int) -> jax.Array:
+  """dL/dW of a VALID stride-s convolution, computed on its space-to-depth form (module docstring)."""
+  n, height, width, in_c = x.shape
+  _, out_h, out_w, _ = dy.shape
+  blocks_h, blocks_w = -(-kernel[0] // stride), -(-kernel[1] // stride)
+  # The block grid's rows and columns; those added or cut here only meet the kernel's zero taps.
+  rows, cols = stride * (out_h - 1 + blocks_h), stride * (out_w - 1 + blocks_w)
+  x = jnp.pad(x[:, :rows, :cols], ((0, 0), (0, max(0, rows - height)), (0, max(0, cols - width)),
+                                   (0, 0)))
+  x = x.reshape(n, rows // stride, stride, cols // stride, stride, in_c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows // stride, cols // stride, stride * stride * in_c)
+  dw = _tap_weight_gradient(x, dy, (blocks_h, blocks_w), 1)  # [bh, bw, (s, s, C_in), C_out]
+  dw = dw.reshape(blocks_h, blocks_w, stride, stride, in_c, -1).transpose(0, 2, 1, 3, 4, 5)
+  return dw.reshape(blocks_h * stride, blocks_w * stride, in_c, -1)[:kernel[0], :kernel[1]]
+
+
+def _uses_space_to_depth(in_c: int, stride: int) -> bool:
+  return stride > 1 and in_c * stride * stride <= 64  # few channels: conv1's 3 become 48
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -74,32 +95,16 @@ def _conv_fwd(x, w, stride, padding):
 def _conv_bwd(stride, padding, residuals, dy):
   x, w = residuals
   _, input_vjp = jax.vjp(lambda x: _dense_conv(x, w, stride, padding), x)
-  dw = _weight_gradient(x, dy, w.shape[:2], stride, padding)
-  return input_vjp(dy)[0], dw
+  (pad_top, pad_bottom), (pad_left, pad_right) = padding
+  x_padded = jnp.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+  if _uses_space_to_depth(x.shape[-1], stride):
+    dw = _space_to_depth_weight_gradient(x_padded, dy, w.shape[:2], stride)
+  else:
+    dw = _tap_weight_gradient(x_padded, dy, w.shape[:2], stride)
+  return input_vjp(dy)[0], dw.astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def _space_to_depth_conv(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> jax.Array:
-  """A stride-s convolution as a stride-1 convolution over s x s pixel blocks (see module docstring)."""
-  (pad_top, pad_bottom), (pad_left, pad_right) = padding
-  kh, kw, in_c, out_c = w.shape
-  x = jnp.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
-  out_h = (x.shape[1] - kh) // stride + 1
-  out_w = (x.shape[2] - kw) // stride + 1
-  blocks_kh, blocks_kw = -(-kh // stride), -(-kw // stride)
-  # Rows the block grid covers; the rows added or cut here meet only the kernel's zero taps.
-  rows, cols = stride * (out_h - 1 + blocks_kh), stride * (out_w - 1 + blocks_kw)
-  x = jnp.pad(x[:, :rows, :cols], ((0, 0), (0, max(0, rows - x.shape[1])),
-                                   (0, max(0, cols - x.shape[2])), (0, 0)))
-  n = x.shape[0]
-  x = x.reshape(n, rows // stride, stride, cols // stride, stride, in_c)
-  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows // stride, cols // stride, stride * stride * in_c)
-  w = jnp.pad(w, ((0, stride * blocks_kh - kh), (0, stride * blocks_kw - kw), (0, 0), (0, 0)))
-  w = w.reshape(blocks_kh, stride, blocks_kw, stride, in_c, out_c)
-  w = w.transpose(0, 2, 1, 3, 4, 5).reshape(blocks_kh, blocks_kw, stride * stride * in_c, out_c)
-  return _conv(x, w, 1, ((0, 0), (0, 0)))
 
 
 def _handles(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -131,8 +136,5 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   for g in range(feature_group_count):
     x = lhs[..., g * in_c:(g + 1) * in_c]
     w = rhs[..., g * out_c:(g + 1) * out_c]
-    if stride > 1 and in_c * stride * stride <= 64:  # few channels: conv1's 3 becomes 48
-      outputs.append(_space_to_depth_conv(x, w, stride, padding))
-    else:
-      outputs.append(_conv(x, w, stride, padding))
+    outputs.append(_conv(x, w, stride, padding))
   return outputs[0] if feature_group_count == 1 else jnp.concatenate(outputs, axis=-1)

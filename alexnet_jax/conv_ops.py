@@ -126,15 +126,20 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
+  pads = padding
+  if isinstance(pads, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, pads)
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if min(min(pair) for pair in pads) < 0:  # negative padding (cropping): lax's own
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count)
   stride = window_strides[0]
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
   in_c = lhs.shape[-1] // feature_group_count
   out_c = rhs.shape[-1] // feature_group_count
   outputs = []
   for g in range(feature_group_count):
     x = lhs[..., g * in_c:(g + 1) * in_c]
     w = rhs[..., g * out_c:(g + 1) * out_c]
-    outputs.append(_conv(x, w, stride, padding))
+    outputs.append(_conv(x, w, stride, pads))
   return outputs[0] if feature_group_count == 1 else jnp.concatenate(outputs, axis=-1)

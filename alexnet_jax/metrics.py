@@ -1,18 +1,20 @@
 """Metrics to `WORKDIR/metrics.jsonl` and TensorBoard event files, and human-readable progress lines.
 
-Only process 0 writes; other processes get a writer that does nothing. TensorBoard events are written with
-the `tensorboard` package's own event writer, so TensorFlow need not be imported on the synthetic path.
+Only process 0 writes; other processes get a writer that does nothing. TensorBoard events are written as
+TFRecords with the `tensorboard` package's `RecordWriter` (its `EventFileWriter` imports TensorFlow when it
+is installed: seconds per process), so the synthetic path never loads TensorFlow.
 """
 
 import io
 import json
 import os
+import socket
 import time
 
 from absl import logging
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 class MetricsWriter:
@@ -24,7 +26,7 @@ class MetricsWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._events = {split: EventFileWriter(os.path.join(workdir, 'tensorboard', split))
+    self._events = {split: _open_event_file(os.path.join(workdir, 'tensorboard', split))
                     for split in ('train', 'eval')}
 
   def write(self, step: int, split: str, **values: float) -> None:
@@ -38,9 +40,8 @@ class MetricsWriter:
     summary = summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=k, simple_value=float(v))
         for k, v in values.items() if isinstance(_to_python(v), (int, float))])
-    self._events[split].add_event(event_pb2.Event(wall_time=record['wall_time'], step=int(step),
-                                                  summary=summary))
-    self._events[split].flush()
+    self._write_event(split, event_pb2.Event(wall_time=record['wall_time'], step=int(step),
+                                             summary=summary))
 
   def write_image(self, step: int, tag: str, image: np.ndarray, split: str = 'train') -> None:
     """A uint8 [H, W, 3] image to TensorBoard's image tab."""
@@ -53,8 +54,10 @@ class MetricsWriter:
                                         colorspace=image.shape[2],
                                         encoded_image_string=buffer.getvalue())
     summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=encoded)])
-    self._events[split].add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                  summary=summary))
+    self._write_event(split, event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def _write_event(self, split: str, event: event_pb2.Event) -> None:
+    self._events[split].write(event.SerializeToString())
     self._events[split].flush()
 
   def close(self) -> None:
@@ -63,6 +66,15 @@ class MetricsWriter:
     self._jsonl.close()
     for events in self._events.values():
       events.close()
+
+
+def _open_event_file(directory: str) -> RecordWriter:
+  """A new TensorBoard event file in `directory`, starting with the version record TensorBoard expects."""
+  os.makedirs(directory, exist_ok=True)
+  name = f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}'
+  writer = RecordWriter(open(os.path.join(directory, name), 'wb'))
+  writer.write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString())
+  return writer
 
 
 def _to_python(value):

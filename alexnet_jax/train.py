@@ -18,6 +18,7 @@ device index), and the learning-rate state is part of the checkpointed optimizer
 from collections.abc import Callable, Iterator
 import collections
 import functools
+import itertools
 import json
 import math
 import os
@@ -36,9 +37,12 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpointing
+from alexnet_jax import convert
 from alexnet_jax import data
 from alexnet_jax import metrics
+from alexnet_jax import model_parallel
 from alexnet_jax import optim
+from alexnet_jax import visualize
 from alexnet_jax.model import AlexNet
 
 DATA_AXIS = 'data'
@@ -257,8 +261,11 @@ class PmapParallel:
 
 def make_parallel(config: ml_collections.ConfigDict, model: AlexNet,
                   tx: optax.GradientTransformation, devices: list[Any] | None = None
-                  ) -> ShardMapParallel | PmapParallel:
-  """The per-device steps wrapped by `config.parallelism`, over all devices unless `devices`."""
+                  ) -> 'ShardMapParallel | PmapParallel | model_parallel.ModelParallel':
+  """The per-device steps wrapped by `config.parallelism` (or, with `model_parallel=2`, the paper's
+  two-device split under shard_map), over all devices unless `devices`."""
+  if config.model_parallel == 2:
+    return model_parallel.ModelParallel(config, model, tx, devices)
   train_fn = functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_root_key(config))
   eval_fn = lambda state, batch: eval_step(state.params, batch, model=model)
   if config.parallelism == 'shard_map':
@@ -438,6 +445,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('resuming from %s, step %d', checkpointer.directory, checkpointer.latest_step())
     state = parallel.put_state(checkpointer.restore(parallel.abstract_state(host_state)))
   else:
+    if config.init_from:  # start from another run's or converted params; fc8 fresh if it differs
+      host_state = host_state.replace(
+          params=convert.load_pretrained_params(config.init_from, host_state.params))
     state = parallel.put_state(host_state)
   del host_state
   start_step = int(parallel.fetch(state.step))
@@ -453,9 +463,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.dataset, jax.default_backend(), total_steps, config.batch_size, steps_per_epoch,
                jax.device_count(), jax.process_count())
 
-  batches = prefetch(map(parallel.put_batch, data.train_batches(
+  host_batches = data.train_batches(
       config, start_step=start_step, local_batch_size=local_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())))
+      process_index=jax.process_index(), process_count=jax.process_count())
+  first_batch = next(host_batches)
+  writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(
+      first_batch['image'][:16], **visualize.display_normalization(config)))
+  batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
   pending_metrics = []
   interval_start, interval_first_step = time.time(), start_step
   reported_skips = int(parallel.fetch(state.nonfinite_steps))
@@ -500,6 +514,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state = _update_plateau(state, results['top1_err'], config, patience_evals, parallel)
         _check_finite(state, config, parallel, checkpointer)
         checkpointer.save_best(done, parallel.state_for_checkpoint(state), results['top1_err'])
+        writer.write_image(done, 'conv1_kernels', visualize.conv1_kernel_grid(
+            {'conv1': parallel.fetch(state.params['conv1'])}, visualize.kernel_groups(config)),
+            split='eval')
         interval_start = time.time()  # eval time is not training throughput
 
       stop = watcher.should_stop(done, check_all_processes=is_log_step)

@@ -82,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = get_model_config()
 
   # Bookkeeping.
+  config.init_from = ''  # a workdir (alexnet_jax.convert or a finished run) whose params start this run; fc8 fresh if num_classes differs
   config.seed = 0
   config.skip_nonfinite_steps = False  # False: a NaN/Inf loss or gradient stops the run; True: skip the step
   config.parallelism = 'shard_map'  # 'shard_map' | 'pmap'

@@ -229,3 +229,15 @@ def test_unsupported_setups_fail_with_a_clear_message(overrides, devices, messag
   model = train.create_model(config, config.num_classes)
   with pytest.raises(ValueError, match=re.escape(message)):
     model_parallel.ModelParallel(config, model, optax.sgd(0.1), jax.devices()[:devices])
+
+
+def test_training_loop_runs_model_parallel_and_resumes_data_parallel(tmp_path):
+  config = small_config(num_train_steps=8, eval_every_steps=4, log_every_steps=4,
+                        checkpoint_every_steps=4, model_parallel=2, batch_size=32)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(jax.device_get(state.step)) == 8
+  # Checkpoints are interchangeable: the same workdir continues with model_parallel=1.
+  config = small_config(num_train_steps=12, eval_every_steps=4, log_every_steps=4,
+                        checkpoint_every_steps=4, model_parallel=1, batch_size=32)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(jax.device_get(state.step)) == 12

@@ -27,12 +27,7 @@ def small_config(**overrides):
   config = smoke.get_config()
   config.batch_size = BATCH
   config.model.dropout_rate = 0.0
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)  # keys like 'model.width'
   return config
 
 

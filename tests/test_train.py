@@ -24,12 +24,7 @@ def tiny_config(**overrides):
   config.batch_size = 32
   config.synthetic_train_examples = 512
   config.synthetic_eval_examples = 96
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+  config.update_from_flattened_dict(overrides)  # keys like 'model.width'
   return config
 
 

@@ -49,17 +49,24 @@ class Checkpointer:
     # Naming the handler lets a fresh process read a checkpoint's metadata before restoring it.
     # cleanup_tmp_directories: a run killed mid-save left a temporary directory, never loaded; this
     # frees its space.
+    # In a multi-process run Orbax names its barriers after the step; both managers save the same
+    # step whenever an eval and a checkpoint fall together, so each gets its own barrier prefix
+    # (sharing one made the second save fail with "Barrier _async_write_complete.N is already ongoing").
     self._latest = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True))
+            cleanup_tmp_directories=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='latest')))
     self._best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'checkpoints_best'),
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='best'),
             best_fn=lambda metrics: metrics['top1_err'], best_mode='min'))
     self._writing = {id(self._latest): None, id(self._best): None}  # the step of the write in flight
     self._failed = False

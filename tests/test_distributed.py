@@ -65,12 +65,16 @@ def test_two_processes_train_like_one(tmp_path):
   they must end at the same parameters. Tolerance: 1e-6 absolute (float32 all-reduce order across
   processes may differ from in-process; in practice the results are bit-identical)."""
   one_dir, two_dir = str(tmp_path / 'one_process'), str(tmp_path / 'two_processes')
+  # An eval (with its best-checkpoint save) and a checkpoint at every other step: both Orbax managers
+  # save the same step at once, which across processes needs distinct barrier names.
+  every_other_step = {'eval_every_steps': 2, 'checkpoint_every_steps': 2}
   one = subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main', *tiny_run_args(one_dir)], cwd=REPO,
+      [sys.executable, '-m', 'alexnet_jax.main', *tiny_run_args(one_dir, **every_other_step)],
+      cwd=REPO,
       env=env_with_cpu_devices(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   two = subprocess.run(
       [sys.executable, '-m', 'launch.local', '--num_processes=2', '--cpu_devices_per_process=1',
-       '--', *tiny_run_args(two_dir)],
+       '--', *tiny_run_args(two_dir, **every_other_step)],
       cwd=REPO, env=env_with_cpu_devices(1), capture_output=True, text=True, timeout=600)
   one_output = one.communicate(timeout=600)[0]
   assert one.returncode == 0, one_output[-3000:]

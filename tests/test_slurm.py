@@ -69,6 +69,9 @@ def test_two_task_job_trains_is_requeued_near_its_time_limit_and_resumes(slurm_c
     # The script requeues the job; SLURM holds a requeued job back for a while, so release it now.
     _wait_for(lambda: _job_field(job_id, 'Restarts') == '1', 'the requeue')
     subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
+    # Between the first attempt's exit and the requeue, SLURM may briefly show the job as ended;
+    # only the second attempt's own start line proves the requeue happened.
+    _wait_for(lambda: '(restart 1)' in log.read_text(), 'the requeued job to start')
     state = _wait_for(
         lambda: (s := _job_field(job_id, 'JobState')) not in ('PENDING', 'RUNNING', 'REQUEUED',
                                                                'COMPLETING', 'CONFIGURING') and s,

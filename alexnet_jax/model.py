@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import conv_ops
+from alexnet_jax import cpu_ops
 
 VARIANTS = ('paper', 'torchvision')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
@@ -169,7 +169,7 @@ class AlexNet(nn.Module):
     variant: 'paper' (§3.5) or 'torchvision' (the single-tower layout of torchvision's alexnet;
       it has no LRN and no groups, so `groups` and `lrn` do not apply to it).
     groups: 2 is the paper's two-GPU split of conv2, conv4, conv5 (`feature_group_count`: one grouped
-      convolution on GPU; on CPU conv_ops runs each group as a dense convolution, the same sums but
+      convolution on GPU; on CPU cpu_ops runs each group as a dense convolution, the same sums but
       faster there); 1 is the single-tower network. 'paper' layout only.
     lrn: local response normalization after conv1 and conv2 (§3.3). 'paper' layout only.
     activation: 'relu' (§3.1) or 'tanh' (the saturating baseline of Figure 1).
@@ -250,18 +250,18 @@ class AlexNet(nn.Module):
     for index, layer in enumerate(_CONVS[self.variant], start=1):
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
-      # conv_ops.for_backend: XLA's own convolution on GPU/TPU; on CPU, the same convolution
+      # cpu_ops.for_backend: XLA's own convolution on GPU/TPU; on CPU, the same convolution
       # rewritten where XLA's CPU kernels are slow (docs/profiling.md), equal up to float rounding.
       x = nn.Conv(features, (layer.kernel, layer.kernel), strides=layer.stride,
                   padding=[(layer.padding, layer.padding)] * 2,
                   feature_group_count=groups if layer.grouped else 1,
-                  conv_general_dilated_cls=conv_ops.for_backend,
+                  conv_general_dilated_cls=cpu_ops.for_backend,
                   dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
       x = activation(x)
       if layer.lrn and self.lrn:
         x = local_response_norm(x)
       if layer.pool:
-        x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+        x = cpu_ops.max_pool(x, window, stride)
 
     if self.variant == 'torchvision':
       x = adaptive_avg_pool(x, _TORCHVISION_POOLED_SIZE)

@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax import conv_ops
+from alexnet_jax import cpu_ops
 from alexnet_jax import model as alexnet
 from alexnet_jax import optim
 from alexnet_jax import train
@@ -164,13 +164,13 @@ class TowerPair:
       kernel = params[name]['kernel']  # [kh, kw, in, out / 2]: this tower's filters
       conv = nn.Conv(kernel.shape[-1], kernel.shape[:2], strides=layer.stride,
                      padding=[(layer.padding, layer.padding)] * 2,
-                     conv_general_dilated_cls=conv_ops.for_backend,  # as AlexNet does
+                     conv_general_dilated_cls=cpu_ops.for_backend,  # as AlexNet does
                      dtype=dtype, param_dtype=jnp.float32)
       x = activation(conv.apply({'params': params[name]}, x))
       if layer.lrn and model.lrn:
         x = _lrn_across_towers(x)
       if layer.pool:
-        x = nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+        x = cpu_ops.max_pool(x, window, stride)
 
     for number in (6, 7, 8):
       name = f'fc{number}'

@@ -64,6 +64,44 @@ def test_eight_devices_match_one_device_and_pmap_matches_shard_map():
   assert not np.allclose(init['fc8']['kernel'], one['fc8']['kernel'])
 
 
+@pytest.mark.parametrize('parallelism', ['shard_map', 'pmap'])
+def test_a_step_with_a_nan_gradient_is_not_applied_and_an_overflowed_update_is_caught(tmp_path,
+                                                                                      parallelism):
+  config = tiny_config(parallelism=parallelism)
+  info = data.get_dataset_info(config)
+  model = train.create_model(config, info.num_classes)
+  tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=4)
+  parallel = train.make_parallel(config, model, tx, jax.devices()[:2])
+  state = parallel.put_state(train.create_train_state(config, model, tx))
+  batch = next(data.train_batches(config, start_step=0, local_batch_size=config.batch_size,
+                                  process_index=0, process_count=1))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=2)
+
+  state, _ = parallel.train_step(state, parallel.put_batch(batch))  # a good step
+  good = parallel.fetch((state.params, state.opt_state))
+  poisoned = dict(batch, image=batch['image'].copy())
+  poisoned['image'][-1, 0, 0, 0] = np.nan  # one pixel of one example, on the second device
+  state, step_metrics = parallel.train_step(state, parallel.put_batch(poisoned))
+  assert not np.isfinite(parallel.fetch(step_metrics['loss']))
+  assert parallel.fetch((state.step, state.nonfinite_steps, state.first_nonfinite_step)) == (2, 1, 1)
+  for kept, before in zip(jax.tree.leaves(parallel.fetch((state.params, state.opt_state))),
+                          jax.tree.leaves(good)):
+    np.testing.assert_array_equal(kept, before)
+  with pytest.raises(train.NonFiniteLossError, match=r'The loss or a gradient became NaN/Inf at step 1 '
+                     r'\(that update was not applied\)\. No checkpoint was written\.'):
+    train._check_finite(state, config, parallel, checkpointer)
+  with config.unlocked():
+    config.skip_nonfinite_steps = True
+  assert train._check_finite(state, config, parallel, checkpointer) == 1
+
+  # Finite gradients, params pushed to Inf (what a huge rate does): refused even when skipping.
+  overflowed = state.replace(params=jax.tree.map(lambda x: x * np.float32(np.inf), state.params))
+  with pytest.raises(train.NonFiniteLossError, match=r'The parameters or optimizer state became NaN/Inf '
+                     r'by step 2 although the losses and gradients were finite: an update overflowed'):
+    train._check_finite(overflowed, config, parallel, checkpointer)
+  checkpointer.close()
+
+
 def test_paper_sgd_is_the_papers_update_rule():
   # v <- 0.9 v - 0.0005 lr w - lr g ;  w <- w + v   (§5), with a rate that changes mid-way.
   tx = optim.paper_sgd(learning_rate=lambda count: jnp.where(count < 2, 0.1, 0.01),

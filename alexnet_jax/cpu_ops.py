@@ -1,7 +1,7 @@
-"""Convolutions that compute exactly what `lax.conv_general_dilated` computes, faster on XLA's CPU backend.
+"""Convolutions and max-pools that compute exactly what lax computes, faster on XLA's CPU backend.
 
-Measured on a 2-core x86 CPU (docs/profiling.md), XLA's CPU convolutions lose to PyTorch's oneDNN in
-three places, and each has a rewrite that is the same sum of products, only grouped differently:
+Measured on a 2-core x86 CPU (docs/profiling.md), XLA's CPU kernels lose to PyTorch's oneDNN in four
+places, and each has a rewrite that is the same arithmetic, only grouped differently:
 
 * Weight gradients. XLA's dL/dW (a convolution of the input with the output gradient, the batch
   contracted) ran 1.6-11x slower than its forward convolution, and 3-8x slower than PyTorch's. Here it is
@@ -16,13 +16,20 @@ three places, and each has a rewrite that is the same sum of products, only grou
   ceil(k/s) x ceil(k/s) kernel over those blocks. For conv1, 227x227x3 (padded to 228) becomes 57x57x48
   and the 11x11x3 kernel 3x3x48, so dL/dW is 9 taps of 48 channels, cut back to 11x11x3 at the end.
   (The forward pass in that form was slower than XLA's strided convolution, so it stays direct.)
+* The max-pool gradient. JAX differentiates `reduce_window(max)` through XLA's select-and-scatter,
+  which on CPU took 5-12x PyTorch's time for the paper's 3x3/2 pools (docs/profiling.md). `max_pool`
+  here keeps XLA's forward and computes the gradient from the pooled output instead: window tap (i, j)
+  of output position o is the one whose input equals the output (the first such tap in row-major
+  order on ties, as select-and-scatter picks), and the input gradient, split by the parity of the input
+  position (which taps can reach it), is a few shifted sums over the output grid, interleaved once.
 
-The forward convolution and the input gradient stay XLA's own convolutions. Results equal
-`lax.conv_general_dilated` up to float summation order (tests/test_conv_ops.py checks 1e-5 relative).
+The forward convolution and the input gradient stay XLA's own convolutions. Results equal lax's up to
+float summation order (tests/test_cpu_ops.py checks 1e-5 relative; the max-pool gradient exactly).
 
 `conv_general_dilated` takes the same arguments as `lax.conv_general_dilated` and falls back to it for
 anything it does not handle (dilation, batch groups, layouts other than NHWC/HWIO). `for_backend()` picks it
-on CPU and plain `lax.conv_general_dilated` elsewhere: on GPU cuDNN's native kernels are the fast path.
+on CPU and plain `lax.conv_general_dilated` elsewhere, and `max_pool` uses its rewrite on CPU only: on
+GPU cuDNN's native kernels are the fast path.
 """
 
 from collections.abc import Callable, Sequence
@@ -143,3 +150,63 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     w = rhs[..., g * out_c:(g + 1) * out_c]
     outputs.append(_conv(x, w, stride, pads))
   return outputs[0] if feature_group_count == 1 else jnp.concatenate(outputs, axis=-1)
+
+
+def _reduce_max(x: jax.Array, window: int, stride: int) -> jax.Array:
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                           'VALID')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  return _reduce_max(x, window, stride)
+
+
+def _max_pool_fwd(x, window, stride):
+  y = _reduce_max(x, window, stride)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, residuals, dy):
+  """dL/dx of a VALID max-pool, built on the output grid (module docstring)."""
+  x, y = residuals
+  n, height, width, channels = x.shape
+  _, out_h, out_w, _ = y.shape
+  # Input row r = stride * m + p is reached by kernel rows i = p, p + stride, ... from output row
+  # m - (i - p) // stride; so each residue class (p, q) of input positions is a sum of shifted
+  # [N, M, M', C] maps, and the classes interleave into the input grid.
+  blocks_h, blocks_w = -(-height // stride), -(-width // stride)
+  zero = jnp.zeros((), dy.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  classes = {}
+  for i in range(window):
+    for j in range(window):
+      tap = lax.slice(x, (0, i, j, 0),
+                      (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, channels),
+                      (1, stride, stride, 1))
+      chosen = (tap == y) & ~taken  # select-and-scatter's choice: the first maximum in the window
+      taken = taken | chosen
+      shift_h, shift_w = i // stride, j // stride
+      grad = lax.pad(jnp.where(chosen, dy, zero), zero,
+                     ((0, 0, 0), (shift_h, blocks_h - out_h - shift_h, 0),
+                      (shift_w, blocks_w - out_w - shift_w, 0), (0, 0, 0)))
+      key = (i % stride, j % stride)
+      classes[key] = classes[key] + grad if key in classes else grad
+  empty = jnp.zeros((n, blocks_h, blocks_w, channels), dy.dtype)  # residues no tap reaches (window < stride)
+  dx = jnp.stack([jnp.stack([classes.get((p, q), empty) for q in range(stride)], axis=3)
+                  for p in range(stride)], axis=2)  # [N, M, p, M', q, C]
+  dx = dx.reshape(n, blocks_h * stride, blocks_w * stride, channels)[:, :height, :width]
+  return (dx,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """VALID `window` x `window` max-pool with stride `stride` over an NHWC map (`nn.max_pool`'s result).
+
+  On CPU its gradient is the rewrite of the module docstring; elsewhere it is XLA's own.
+  """
+  if jax.default_backend() != 'cpu':
+    return _reduce_max(x, window, stride)
+  return _max_pool(x, window, stride)

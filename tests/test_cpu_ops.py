@@ -1,17 +1,19 @@
-"""conv_ops computes what lax.conv_general_dilated computes: outputs and both gradients.
+"""cpu_ops computes what lax computes: convolution outputs and both gradients, max-pools and theirs.
 
-Tolerance: the rewrites only regroup the same float32 sums, so results agree to float rounding; every
-comparison allows 1e-5 of the largest magnitude (max |ours - lax| <= 1e-5 * max |lax|), 1e-4 through the
-whole network.
+Tolerance: the convolution rewrites only regroup the same float32 sums, so results agree to float
+rounding; every comparison allows 1e-5 of the largest magnitude (max |ours - lax| <= 1e-5 * max |lax|),
+1e-4 through the whole network. The max-pool gradient must route each output gradient to the same input
+as XLA's select-and-scatter; with integer gradients that is compared exactly.
 """
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import conv_ops
+from alexnet_jax import cpu_ops
 from alexnet_jax.model import AlexNet
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -46,7 +48,7 @@ def test_matches_lax_convolution(size, in_c, kernel, stride, padding, out_c, gro
   x = jnp.asarray(rng.standard_normal((2, size, size, in_c), np.float32))
   w = jnp.asarray(rng.standard_normal((kernel, kernel, in_c // groups, out_c), np.float32))
   y_ref, (dx_ref, dw_ref) = conv_and_grads(lax.conv_general_dilated, x, w, stride, padding, groups)
-  y, (dx, dw) = conv_and_grads(conv_ops.conv_general_dilated, x, w, stride, padding, groups)
+  y, (dx, dw) = conv_and_grads(cpu_ops.conv_general_dilated, x, w, stride, padding, groups)
   assert y.shape == y_ref.shape
   assert max_relative_error(y, y_ref) < 1e-5
   assert max_relative_error(dx, dx_ref) < 1e-5
@@ -58,7 +60,7 @@ def test_bfloat16_matches_within_bfloat16_rounding():
   x = jnp.asarray(rng.standard_normal((2, 11, 11, 8), np.float32))
   w = jnp.asarray(rng.standard_normal((5, 5, 4, 12), np.float32))
   y_ref, (_, dw_ref) = conv_and_grads(lax.conv_general_dilated, x, w, 1, [(2, 2)] * 2, 2, jnp.bfloat16)
-  y, (_, dw) = conv_and_grads(conv_ops.conv_general_dilated, x, w, 1, [(2, 2)] * 2, 2, jnp.bfloat16)
+  y, (_, dw) = conv_and_grads(cpu_ops.conv_general_dilated, x, w, 1, [(2, 2)] * 2, 2, jnp.bfloat16)
   assert y.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
   assert max_relative_error(y, y_ref) < 1e-2
   assert max_relative_error(dw, dw_ref) < 2e-2
@@ -70,13 +72,48 @@ def test_unhandled_arguments_fall_back_to_lax():
   x = jnp.asarray(rng.standard_normal((1, 9, 9, 2), np.float32))
   w = jnp.asarray(rng.standard_normal((3, 3, 2, 4), np.float32))
   args = ((1, 1), 'VALID', None, (2, 2), NHWC)
-  np.testing.assert_array_equal(conv_ops.conv_general_dilated(x, w, *args),
+  np.testing.assert_array_equal(cpu_ops.conv_general_dilated(x, w, *args),
                                 lax.conv_general_dilated(x, w, *args))
+
+
+def flax_max_pool(x, window, stride):
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+
+@pytest.mark.parametrize('shape, window, stride', [
+    ((2, 13, 13, 5), 3, 2),  # the paper's overlapping pools on an odd map (55, 27, 13 in the model)
+    ((2, 14, 11, 3), 3, 2),  # even height: the last input row is in no window
+    ((2, 12, 9, 4), 2, 2),  # the traditional 2x2/2 pools (overlapping_pool=False)
+    ((1, 10, 10, 2), 3, 3),  # stride = window
+    ((1, 11, 11, 2), 2, 3),  # window < stride: input positions no window reaches
+])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_max_pool_and_its_gradient_equal_flax_on_ties_too(shape, window, stride, dtype):
+  """ReLU'd inputs rounded to a coarse grid: many windows hold several equal maxima (all-zero ones
+  included), where the gradient must go to the first maximum, as select-and-scatter sends it. Small
+  integer output gradients keep every sum exact (overlapping windows add up to 4 of them in some
+  order), so the routing is compared exactly."""
+  x = jnp.asarray(np.round(np.maximum(np.random.default_rng(0).standard_normal(shape), 0) * 2) / 2,
+                  dtype)
+  assert len(np.unique(np.asarray(x, np.float32))) < 8  # ties everywhere
+  weights = jnp.asarray(np.random.default_rng(1).integers(
+      -8, 9, flax_max_pool(x, window, stride).shape), jnp.float32)
+
+  def value_and_grad(pool):
+    loss = lambda x: jnp.sum(pool(x, window, stride).astype(jnp.float32) * weights)
+    return jax.jit(jax.value_and_grad(loss))(x), jax.jit(lambda x: pool(x, window, stride))(x)
+
+  (loss, dx), y = value_and_grad(cpu_ops.max_pool)
+  (loss_ref, dx_ref), y_ref = value_and_grad(flax_max_pool)
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+  assert dx.dtype == dx_ref.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+  assert loss == loss_ref
 
 
 def test_for_backend_picks_the_rewrite_only_on_cpu():
   assert jax.default_backend() == 'cpu'
-  assert conv_ops.for_backend() is conv_ops.conv_general_dilated
+  assert cpu_ops.for_backend() is cpu_ops.conv_general_dilated
 
 
 def test_paper_model_loss_and_gradients_match_lax(monkeypatch):
@@ -93,7 +130,8 @@ def test_paper_model_loss_and_gradients_match_lax(monkeypatch):
     return jax.jit(jax.grad(loss, has_aux=True))(params)
 
   grads, logits = logits_and_grads()
-  monkeypatch.setattr(conv_ops, 'for_backend', lambda: lax.conv_general_dilated)
+  monkeypatch.setattr(cpu_ops, 'for_backend', lambda: lax.conv_general_dilated)
+  monkeypatch.setattr(cpu_ops, 'max_pool', flax_max_pool)
   grads_ref, logits_ref = logits_and_grads()
   assert max_relative_error(logits, logits_ref) < 1e-4
   assert jax.tree.structure(grads) == jax.tree.structure(grads_ref)

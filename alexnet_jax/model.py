@@ -38,7 +38,7 @@ _TORCHVISION_POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6))
 
 
 @dataclasses.dataclass(frozen=True)
-class _ConvLayer:
+class ConvLayer:
   """One convolutional stage: conv -> activation [-> LRN] [-> max-pool]."""
   features: int
   kernel: int
@@ -51,22 +51,22 @@ class _ConvLayer:
 
 # §3.5 and Figure 2. conv3 "connects to all kernel maps in the second layer"; conv2, conv4 and
 # conv5 only to the maps on their own GPU.
-_PAPER_CONVS = (
-    _ConvLayer(96, kernel=11, stride=4, padding=0, grouped=False, lrn=True, pool=True),
-    _ConvLayer(256, kernel=5, stride=1, padding=2, grouped=True, lrn=True, pool=True),
-    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
-    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=False),
-    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=True),
+PAPER_CONVS = (
+    ConvLayer(96, kernel=11, stride=4, padding=0, grouped=False, lrn=True, pool=True),
+    ConvLayer(256, kernel=5, stride=1, padding=2, grouped=True, lrn=True, pool=True),
+    ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    ConvLayer(384, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=False),
+    ConvLayer(256, kernel=3, stride=1, padding=1, grouped=True, lrn=False, pool=True),
 )
 # torchvision.models.alexnet's `features`.
-_TORCHVISION_CONVS = (
-    _ConvLayer(64, kernel=11, stride=4, padding=2, grouped=False, lrn=False, pool=True),
-    _ConvLayer(192, kernel=5, stride=1, padding=2, grouped=False, lrn=False, pool=True),
-    _ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
-    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
-    _ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=True),
+TORCHVISION_CONVS = (
+    ConvLayer(64, kernel=11, stride=4, padding=2, grouped=False, lrn=False, pool=True),
+    ConvLayer(192, kernel=5, stride=1, padding=2, grouped=False, lrn=False, pool=True),
+    ConvLayer(384, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=False),
+    ConvLayer(256, kernel=3, stride=1, padding=1, grouped=False, lrn=False, pool=True),
 )
-_CONVS = {'paper': _PAPER_CONVS, 'torchvision': _TORCHVISION_CONVS}
+CONVS = {'paper': PAPER_CONVS, 'torchvision': TORCHVISION_CONVS}
 
 
 def _check_choice(field: str, value: Any, allowed) -> None:
@@ -74,16 +74,16 @@ def _check_choice(field: str, value: Any, allowed) -> None:
     raise ValueError(f'AlexNet {field}={value!r} is not one of {", ".join(map(repr, allowed))}.')
 
 
-def _pool_shape(overlapping_pool: bool) -> tuple[int, int]:
+def pool_shape(overlapping_pool: bool) -> tuple[int, int]:
   """(window, stride) of the max-pools: §3.4's overlapping 3x3/2, or the traditional 2x2/2."""
   return (3, 2) if overlapping_pool else (2, 2)
 
 
 def _feature_map_size(input_size: int, variant: str, overlapping_pool: bool) -> int:
   """Spatial size of the last pool's output along one axis; 0 if the map vanishes on the way."""
-  window, stride = _pool_shape(overlapping_pool)
+  window, stride = pool_shape(overlapping_pool)
   size = input_size
-  for layer in _CONVS[variant]:
+  for layer in CONVS[variant]:
     size = (size + 2 * layer.padding - layer.kernel) // layer.stride + 1
     if layer.pool:
       size = (size - window) // stride + 1
@@ -105,7 +105,7 @@ def min_input_size(variant: str = 'paper', overlapping_pool: bool = True) -> int
   return size
 
 
-def _compute_dtype(dtype: Any) -> jnp.dtype:
+def compute_dtype(dtype: Any) -> jnp.dtype:
   """The compute dtype named by `dtype` (a string like 'bfloat16' or a dtype)."""
   try:
     resolved = jnp.dtype(dtype)
@@ -213,7 +213,7 @@ class AlexNet(nn.Module):
     _check_choice('variant', self.variant, VARIANTS)
     _check_choice('activation', self.activation, tuple(ACTIVATIONS))
     _check_choice('init_scheme', self.init_scheme, INIT_SCHEMES)
-    _compute_dtype(self.dtype)
+    compute_dtype(self.dtype)
     if not isinstance(self.groups, int) or self.groups < 1:
       raise ValueError(f'AlexNet groups={self.groups!r} must be a positive integer (1 or 2).')
     if not self.width > 0:
@@ -245,14 +245,14 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     self._check_input(x)
-    dtype = _compute_dtype(self.dtype)
+    dtype = compute_dtype(self.dtype)
     activation = ACTIVATIONS[self.activation]
-    window, stride = _pool_shape(self.overlapping_pool)
+    window, stride = pool_shape(self.overlapping_pool)
     groups = self.groups if self.variant == 'paper' else 1  # torchvision's layout has no groups
     x = x.astype(dtype)
 
     # §3.5: LRN follows the ReLUs of conv1 and conv2; max-pools follow both LRNs and conv5.
-    for index, layer in enumerate(_CONVS[self.variant], start=1):
+    for index, layer in enumerate(CONVS[self.variant], start=1):
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
       # cpu_ops.for_backend: XLA's own convolution on GPU/TPU; on CPU, the same convolution

@@ -151,13 +151,13 @@ class TowerPair:
             rngs: dict[str, jax.Array] | None = None) -> jax.Array:
     model = self.model
     params = _share_nonfinite_gradients(variables['params'])
-    dtype = alexnet._compute_dtype(model.dtype)  # pylint: disable=protected-access
+    dtype = alexnet.compute_dtype(model.dtype)
     activation = alexnet.ACTIVATIONS[model.activation]
-    window, stride = alexnet._pool_shape(model.overlapping_pool)  # pylint: disable=protected-access
+    window, stride = alexnet.pool_shape(model.overlapping_pool)
     tower = jax.lax.axis_index(MODEL_AXIS)
     x = images.astype(dtype)
 
-    for index, layer in enumerate(alexnet._PAPER_CONVS, start=1):  # pylint: disable=protected-access
+    for index, layer in enumerate(alexnet.PAPER_CONVS, start=1):
       name = f'conv{index}'
       if index > 1 and not layer.grouped:
         x = _gather_towers(x)  # conv3 reads both towers' maps

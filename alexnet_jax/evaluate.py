@@ -73,6 +73,9 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
 
   `overrides`: eval_crops, eval_batch_size, data_dir, ... (config keys; None keeps config.json's).
   """
+  # Data parallel whatever the run used: a model_parallel=2 checkpoint has the same parameter tree and
+  # evaluates the same on any device count (training's device pairs may not exist here).
+  overrides = {'model_parallel': 1, **overrides}
   config_validation.validate(convert.load_config(workdir, **overrides))
   loaded = load(workdir, checkpoint, **overrides)
   config = loaded.config

@@ -5,7 +5,11 @@ same training trajectory as 8 x 1 data parallelism, and checkpoints either layou
 """
 
 import collections
+import json
+import os
 import re
+import subprocess
+import sys
 import types
 
 import jax
@@ -15,7 +19,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 import pytest
 
-from alexnet_jax import checkpointing, data, optim, train
+from alexnet_jax import checkpointing, data, evaluate, optim, train
 from alexnet_jax import model_parallel
 from configs import smoke
 
@@ -231,6 +235,21 @@ def test_training_loop_runs_model_parallel_and_resumes_data_parallel(tmp_path):
                         checkpoint_every_steps=4, model_parallel=2, batch_size=32)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(jax.device_get(state.step)) == 8
+  # evaluate reads the model-parallel workdir data-parallel (the towers only change the layout), on
+  # any device count, and reproduces the training run's last eval up to the towers' summation order.
+  with open(tmp_path / 'metrics.jsonl') as f:
+    trained = [r for r in map(json.loads, f) if r['split'] == 'eval'][-1]
+  record = evaluate.evaluate_workdir(str(tmp_path), 'latest')
+  assert record['step'] == trained['step'] == 8
+  for key in ('top1_err', 'top5_err', 'loss'):
+    np.testing.assert_allclose(record[key], trained[key], rtol=1e-4, err_msg=key)
+  one_device = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}'], capture_output=True,
+      text=True, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+      check=False)
+  assert one_device.returncode == 0, one_device.stderr[-3000:]
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert json.loads(f.readlines()[-1])['loss'] == pytest.approx(trained['loss'], rel=1e-4)
   # Checkpoints are interchangeable: the same workdir continues with model_parallel=1.
   config = small_config(num_train_steps=12, eval_every_steps=4, log_every_steps=4,
                         checkpoint_every_steps=4, model_parallel=1, batch_size=32)

@@ -4,6 +4,7 @@ The cluster comes from .ci/setup_slurm.sh (run by .ci/run; run it by hand, as ro
 tests locally). Without it these tests fail, saying so: they are part of CI, not optional.
 """
 
+import datetime
 import json
 import os
 import re
@@ -66,12 +67,16 @@ def test_two_task_job_trains_is_requeued_near_its_time_limit_and_resumes(slurm_c
     # Stand in for `--signal=B:USR1@300`: what SLURM sends the batch script near the time limit.
     _wait_for(lambda: _train_records(workdir), 'the first training steps')
     subprocess.run(['scancel', '--batch', '--signal=USR1', job_id], check=True)
-    # The script requeues the job; SLURM holds a requeued job back for a while, so release it now.
-    _wait_for(lambda: _job_field(job_id, 'Restarts') == '1', 'the requeue')
+    # The script requeues the job. SLURM holds a requeued job back until the old allocation's
+    # credential has expired (AuthInfo=cred_expire; .ci/setup_slurm.sh sets 10 s): started earlier,
+    # the job is killed as "non-startable: Job credential revoked". Wait out that hold, then ask for
+    # a scheduling pass at once instead of at the scheduler's next periodic one.
+    _wait_for(lambda: _job_field(job_id, 'Restarts') == '1'
+              and _job_field(job_id, 'JobState') == 'PENDING', 'the requeue')
+    hold_ends = datetime.datetime.fromisoformat(_job_field(job_id, 'StartTime'))
+    time.sleep(max(0.0, (hold_ends - datetime.datetime.now()).total_seconds()) + 1)
     subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
-    # Between the first attempt's exit and the requeue, SLURM may briefly show the job as ended;
-    # only the second attempt's own start line proves the requeue happened.
-    _wait_for(lambda: '(restart 1)' in log.read_text(), 'the requeued job to start')
+    _wait_for(lambda: '(restart 1)' in log.read_text(), 'the requeued job to start', timeout=300)
     state = _wait_for(
         lambda: (s := _job_field(job_id, 'JobState')) not in ('PENDING', 'RUNNING', 'REQUEUED',
                                                                'COMPLETING', 'CONFIGURING') and s,

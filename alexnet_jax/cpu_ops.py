@@ -52,6 +52,15 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> ja
   return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_NHWC)
 
 
+def _tap_window(x: jax.Array, i: int, j: int, out_shape: tuple[int, int], stride: int) -> jax.Array:
+  """The NHWC input elements that kernel tap (i, j) of a VALID strided window sees at every output
+  position: x[:, i + stride * oh, j + stride * ow, :], [N, OH, OW, C]."""
+  out_h, out_w = out_shape
+  return lax.slice(x, (0, i, j, 0),
+                   (x.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, x.shape[3]),
+                   (1, stride, stride, 1))
+
+
 def _tap_weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
                          stride: int) -> jax.Array:
   """dL/dW of a VALID NHWC convolution as one matrix product per kernel tap: [kh, kw, C_in, C_out]."""
@@ -61,9 +70,7 @@ def _tap_weight_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
   taps = []
   for i in range(kernel[0]):
     for j in range(kernel[1]):
-      window = lax.slice(x, (0, i, j, 0),
-                         (x.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, in_c),
-                         (1, stride, stride, 1))
+      window = _tap_window(x, i, j, (out_h, out_w), stride)
       taps.append(lax.dot_general(window.reshape(-1, in_c), dy_rows, (((0,), (0,)), ((), ())),
                                   preferred_element_type=jnp.float32))
   return jnp.stack(taps).reshape(kernel[0], kernel[1], in_c, out_c)
@@ -181,10 +188,8 @@ def _max_pool_bwd(window, stride, residuals, dy):
   classes = {}
   for i in range(window):
     for j in range(window):
-      tap = lax.slice(x, (0, i, j, 0),
-                      (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, channels),
-                      (1, stride, stride, 1))
-      chosen = (tap == y) & ~taken  # select-and-scatter's choice: the first maximum in the window
+      # select-and-scatter's choice: the first maximum in the window
+      chosen = (_tap_window(x, i, j, (out_h, out_w), stride) == y) & ~taken
       taken = taken | chosen
       shift_h, shift_w = i // stride, j // stride
       grad = lax.pad(jnp.where(chosen, dy, zero), zero,

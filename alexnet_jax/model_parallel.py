@@ -88,9 +88,10 @@ _gather_logits.defvjp(_gather_logits_forward, _gather_logits_backward)
 def _share_nonfinite_gradients(params: Any) -> Any:
   """Identity; on the way back, makes every tower's gradients non-finite if either tower's are.
 
-  `train.train_step` skips a step whose gradients are not finite, judging from the gradients it holds.
-  Each device holds only its tower's, so without this the two halves of one network could disagree on
-  whether a step was applied. (The data axis already agrees: gradients are averaged over it first.)
+  `train.train_step` skips a step whose gradients' global norm is not finite, judging from the gradients
+  it holds. Each device holds only its tower's, so without this the two halves of one network could
+  disagree on whether a step was applied; the towers judge theirs by the same test here. (The data axis
+  already agrees: gradients are averaged over it first.)
   """
   return params
 
@@ -100,7 +101,7 @@ def _share_nonfinite_forward(params):
 
 
 def _share_nonfinite_backward(_, grads):
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  finite = jnp.isfinite(optax.tree.norm(grads))
   finite_everywhere = jax.lax.pmin(finite.astype(jnp.int32), MODEL_AXIS) > 0
   return (jax.tree.map(lambda g: jnp.where(finite_everywhere, g, jnp.nan), grads),)
 

@@ -111,10 +111,6 @@ def top_k_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
   return top1_err, top5_err
 
 
-def _squared_norm(tree: Any) -> jax.Array:
-  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet,
                tx: optax.GradientTransformation, dropout_key: jax.Array
                ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -122,10 +118,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
 
   A step whose loss or gradients are not finite is not applied: params and optimizer state stay as
   they were, and the step is recorded in `nonfinite_steps` / `first_nonfinite_step` for the host to act
-  on. Gradients are judged by their squared norm, a single sum that any NaN or Inf reaches (as does a
-  norm beyond ~1e19, which overflows: as good as infinite). The update itself is not checked here:
-  checking it element by element cost 8% of a CPU step (docs/profiling.md); an update that overflows
-  the params from finite gradients is caught on the host (`_check_finite`) before anything is saved.
+  on. Gradients are judged by their global norm (`optax.tree.norm`: the root of one sum of squares,
+  which any NaN or Inf reaches, as does a norm beyond ~1e19 by overflowing: as good as infinite). The
+  update itself is not checked here: checking it element by element cost 8% of a CPU step
+  (docs/profiling.md); an update that overflows the params from finite gradients is caught on the
+  host (`_check_finite`) before anything is saved.
   """
   device_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step),
                                   jax.lax.axis_index(DATA_AXIS))
@@ -141,7 +138,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   step_metrics = {'loss': loss, 'top1_err': top1_err.mean(), 'top5_err': top5_err.mean()}
   if jax.lax.axis_size(DATA_AXIS) > 1:  # on one device the mean is the identity, and not free
     grads, step_metrics = jax.lax.pmean((grads, step_metrics), DATA_AXIS)
-  finite = jnp.isfinite(step_metrics['loss']) & jnp.isfinite(_squared_norm(grads))
+  finite = jnp.isfinite(step_metrics['loss']) & jnp.isfinite(optax.tree.norm(grads))
 
   def apply_update():
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)

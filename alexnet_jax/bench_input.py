@@ -7,11 +7,14 @@ fine noise, ~110 KB like the average ImageNet file) as a folder dataset, then me
 process and on the same files, with TensorFlow's libjpeg-turbo in both:
   * decode: read + full `tf.io.decode_jpeg`, nothing else;
   * train: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227 crop decoded
-    with decode_and_crop_jpeg, flip, PCA lighting, normalization), batches of --batch_size.
+    with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size.
 Both run tf.data parallel maps over the same cores. The per-core rate is images per second of CPU
 time the process used (all threads), which holds up on a machine shared with other work; wall-clock
 images/s are printed too. The goal is train >= 0.9x decode per core: the augmentation should cost no
 more than the decode it saves.
+
+The last steps (lighting shift, mean, std) run inside the jitted train step (alexnet_jax/pixels.py)
+and are not part of this measure; bench/step_inputs.py shows what they add to a step.
 """
 
 import dataclasses

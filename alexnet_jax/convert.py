@@ -16,7 +16,7 @@ The layout differences handled by `from_torchvision`:
     rows are permuted.
 
 Preprocessing: torchvision's models expect `(x / 255 - mean) / std` with mean (0.485, 0.456, 0.406) and
-std (0.229, 0.224, 0.225). Multiplied by 255 these are exactly input_pipeline.IMAGENET_MEAN_RGB and
+std (0.229, 0.224, 0.225). Multiplied by 255 these are exactly pixels.IMAGENET_MEAN_RGB and
 IMAGENET_STD_RGB, so the converted config keeps `augment.subtract_mean` and `augment.divide_std` on, and
 evaluation and prediction feed the network what it was trained on (docs/pretrained.md).
 

@@ -14,16 +14,19 @@ Training images (each step a switch in `config.augment`):
      the interpolation at its borders, and it skips most of the decode. Without `random_crop`: the
      center crop, the same way.
   2. flip: a horizontal reflection with probability 1/2.
-  3. pca_lighting: adds sum_i alpha_i lambda_i p_i to every pixel, alpha_i ~ N(0, pca_lighting^2),
-     with the eigenvalues lambda_i and eigenvectors p_i of ImageNet's RGB covariance (§4.1).
+  3. pca_lighting: the RGB shift sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, pca_lighting^2), with the
+     eigenvalues lambda_i and eigenvectors p_i of ImageNet's RGB covariance (§4.1), drawn here and
+     delivered with the image as 'rgb_shift'.
   4. subtract_mean, then (`divide_std`) a division by the per-channel standard deviation.
 Evaluation images: resize the shorter side to `resize_size`, then the center crop or, with
 `eval_crops=10`, the four corner and the center crops and their mirror images (§4.1).
 
-Output scale: pixels start on the 0..255 scale; with the defaults (`subtract_mean` and `divide_std`)
-images leave the pipeline as (x - mean) / std per channel, so roughly zero-mean, unit-variance inputs
-(what He initialization assumes). With `divide_std=False` they stay on the 0..255 scale minus the mean,
-as in the paper.
+Output: uint8 pixels. The lighting shift, the mean and the std are applied to every pixel on the
+device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and send, and
+no float passes on the host (docs/benchmarks.md, "Input pipeline"). With the defaults
+(`subtract_mean` and `divide_std`) the network sees (x + shift - mean) / std per channel, roughly
+zero-mean, unit-variance inputs (what He initialization assumes); with `divide_std=False` it sees
+the 0..255 scale minus the mean, as in the paper.
 
 Determinism and resumption: each process reads its own contiguous 1/process_count of every split.
 Its training stream is an endless sequence of epochs; epoch e visits the shard in an order that is a
@@ -36,11 +39,14 @@ seek reads at most the window it lands in and decodes nothing it skips. Folder d
 block per image and a single window, so every epoch is a uniform permutation.
 """
 
+import atexit
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 from absl import logging
@@ -53,10 +59,6 @@ tf.config.set_visible_devices([], 'GPU')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Per-channel RGB mean and standard deviation of ImageNet training pixels, 0..255 scale (the values
-# used by fb.resnet.torch and torchvision, there on the 0..1 scale).
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 # Eigenvalues and eigenvectors (columns) of the 3x3 covariance of ImageNet RGB pixels on the 0..1 scale,
 # as published with fb.resnet.torch (datasets/imagenet.lua) and used since by most reimplementations
 # of §4.1. The eigenvalues are multiplied by 255 so that alpha_i = N(0, 0.1) moves pixels as much on
@@ -140,14 +142,14 @@ def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor]
 
 def random_crop(key: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int
                 ) -> tf.Tensor:
-  """A random `image_size` crop of the image resized to shorter side `resize_size`: float32 0..255."""
+  """A random `image_size` crop of the image resized to shorter side `resize_size`: uint8."""
   window_fn = functools.partial(random_crop_window, key, resize_size=resize_size,
                                 image_size=image_size)
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
 
 def center_crop(encoded: tf.Tensor, *, resize_size: int, image_size: int) -> tf.Tensor:
-  """The central `image_size` crop of the image resized to shorter side `resize_size`: float32 0..255."""
+  """The central `image_size` crop of the image resized to shorter side `resize_size`: uint8."""
   window_fn = functools.partial(center_crop_window, resize_size=resize_size, image_size=image_size)
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
@@ -160,39 +162,17 @@ def flip(key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
 
 
 def lighting_shift(key: tf.Tensor, alpha_std: float) -> tf.Tensor:
-  """sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, alpha_std^2): the RGB shift of §4.1, [3]."""
+  """sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, alpha_std^2): the RGB shift of §4.1, float32 [3].
+
+  The shift is added to every pixel of the image on the device (`pixels.model_input`).
+  """
   alpha = tf.random.stateless_normal([3], seed=key, stddev=alpha_std)
   eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
   return tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
 
 
-def pca_lighting(key: tf.Tensor, image: tf.Tensor, alpha_std: float) -> tf.Tensor:
-  """Adds the same random RGB shift (`lighting_shift`) to every pixel of float [H, W, 3]."""
-  return image + lighting_shift(key, alpha_std)
-
-
-def subtract_mean(image: tf.Tensor) -> tf.Tensor:
-  return image - tf.constant(IMAGENET_MEAN_RGB)
-
-
-def divide_std(image: tf.Tensor) -> tf.Tensor:
-  return image / tf.constant(IMAGENET_STD_RGB)
-
-
-def per_channel_affine(image: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-  """image * scale + offset with [3] scale and offset, for float [..., W, 3].
-
-  The same as broadcasting, but several times faster on CPU: TensorFlow broadcasts a length-3
-  innermost vector element by element, so the vectors are tiled to whole rows [W * 3] instead.
-  """
-  shape = tf.shape(image)
-  width = shape[-2]
-  rows = tf.reshape(image, [-1, width * 3])
-  return tf.reshape(rows * tf.tile(scale, [width]) + tf.tile(offset, [width]), shape)
-
-
 def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Resizes uint8 [H, W, 3] so that min(H, W) == size: float32 0..255."""
+  """Resizes uint8 [H, W, 3] so that min(H, W) == size: uint8."""
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   new_shape = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
   return _resize(image, tf.maximum(new_shape, size))
@@ -215,24 +195,24 @@ def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _resize(image: tf.Tensor, shape) -> tf.Tensor:
-  return tf.image.resize(image, shape, method='bilinear')
+  """Bilinear resize of uint8 [h, w, 3] to `shape`, rounded back to uint8.
 
-
-def _normalize(image: tf.Tensor, augment: ml_collections.ConfigDict,
-               rgb_shift: tf.Tensor | None = None) -> tf.Tensor:
-  """(image + rgb_shift - mean) / std, each part as configured, in one pass over the pixels."""
-  offset = tf.zeros([3]) if rgb_shift is None else rgb_shift
-  if augment.subtract_mean:
-    offset -= tf.constant(IMAGENET_MEAN_RGB)
-  scale = tf.ones([3])
-  if augment.get('divide_std', True):
-    scale /= tf.constant(IMAGENET_STD_RGB)
-  return per_channel_affine(image, scale, offset * scale)
+  Images leave the pipeline as uint8 (a quarter of float32's bytes to batch and to send to the
+  device); rounding moves a pixel by at most half a grey level. An image that already has `shape`
+  (a dataset stored at the training resolution) is passed through without resampling.
+  """
+  shape = tf.convert_to_tensor(shape, tf.int32)
+  return tf.cond(
+      tf.reduce_all(tf.shape(image)[:2] == shape),
+      lambda: image,
+      lambda: tf.cast(tf.round(tf.image.resize(image, shape, method='bilinear')), tf.uint8))
 
 
 def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict
-                     ) -> tf.Tensor:
-  """One training image, float32 [image_size, image_size, 3], every random choice drawn from `key`."""
+                     ) -> dict[str, tf.Tensor]:
+  """One training example's crop and flip, uint8 [image_size, image_size, 3] as 'image', and its
+  lighting shift, float32 [3] as 'rgb_shift' (zeros without `pca_lighting`); every random choice is
+  drawn from `key`. The shift, mean and std are applied on the device (`pixels.model_input`)."""
   augment = config.augment
   crop_key, flip_key, lighting_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
@@ -242,21 +222,21 @@ def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.
     image = center_crop(encoded, **sizes)
   if augment.flip:
     image = flip(flip_key, image)
-  rgb_shift = None
-  if augment.pca_lighting:  # pca_lighting(), folded into the normalization's single pass
+  if augment.pca_lighting:
     rgb_shift = lighting_shift(lighting_key, augment.pca_lighting)
-  return _normalize(image, augment, rgb_shift)
+  else:
+    rgb_shift = tf.zeros([3])
+  image = tf.ensure_shape(image, [config.image_size, config.image_size, 3])
+  return {'image': image, 'rgb_shift': rgb_shift}
 
 
 def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
-  """One evaluation image: float32 [S, S, 3], or [10, S, S, 3] with `eval_crops=10`."""
+  """One evaluation image: uint8 [S, S, 3], or [10, S, S, 3] with `eval_crops=10`."""
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   image = resize_shorter_side(image, config.resize_size)
   if config.eval_crops == 10:
-    image = ten_crop(image, config.image_size)
-  else:
-    image = center_crop_image(image, config.image_size)
-  return _normalize(image, config.augment)
+    return ten_crop(image, config.image_size)
+  return center_crop_image(image, config.image_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,6 +495,32 @@ def _encoded(example: dict[str, tf.Tensor]) -> tf.Tensor:
   return example['encoded'] if 'encoded' in example else tf.io.read_file(example['path'])
 
 
+# glibc's mallopt parameters, and the largest values its own adaptive thresholds reach on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20
+
+
+@functools.cache
+def _undo_generator_malloc_setting() -> None:
+  """Gives glibc's malloc back the thresholds that TensorFlow's generator datasets lower.
+
+  The first `tf.data.Dataset.from_generator` a process runs sets malloc's mmap and trim thresholds
+  to 128 KB for the whole process (TensorFlow's workaround for a memory growth it saw with Python
+  3.11, logged as "Memory patch applied"). Every buffer above 128 KB, which is every decoded window,
+  resized crop and batch of this pipeline (and JAX's host buffers), is then mapped afresh and
+  page-faulted in on each use: that cost more CPU per training image than the resize
+  (docs/benchmarks.md, "Input pipeline"). This runs a generator dataset once, so that TensorFlow's
+  setting is made now, and then sets the thresholds to the largest values glibc's adaptive ones
+  would reach (32 MB and twice that), so image-sized buffers are reused from the heap again. Other C
+  libraries have no `mallopt` and are left alone.
+  """
+  list(tf.data.Dataset.from_generator(lambda: iter([0]), output_signature=tf.TensorSpec([], tf.int32)))
+  libc = ctypes.CDLL(None)
+  if hasattr(libc, 'mallopt'):
+    libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MAX_MMAP_THRESHOLD)
+
+
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
@@ -597,7 +603,9 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
                   process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process; the first is the batch of global step `start_step`.
 
-  {'image': float32 [local_batch_size, image_size, image_size, 3], 'label': int32 [local_batch_size]}
+  {'image': uint8 [local_batch_size, image_size, image_size, 3],
+   'rgb_shift': float32 [local_batch_size, 3] (the lighting noise, added on the device),
+   'label': int32 [local_batch_size]}
   """
   _check_sizes(config)
   shard = _shard(config, config.train_split, process_index, process_count)
@@ -609,6 +617,7 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
                'index': tf.TensorSpec([None], tf.int64),
                'epoch': tf.TensorSpec([None], tf.int64)}
   seed = int(config.seed)
+  _undo_generator_malloc_setting()
   windows = tf.data.Dataset.from_generator(
       lambda: _train_windows(shard, seed, start_step * local_batch_size),
       output_signature=signature)
@@ -616,20 +625,51 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
   def preprocess(example):
     key = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.constant(seed, tf.int64), example['epoch']]), example['index'])
-    return {'image': preprocess_train(_encoded(example), key, config),
-            'label': tf.cast(example['label'], tf.int32)}
+    return preprocess_train(_encoded(example), key, config) | {
+        'label': tf.cast(example['label'], tf.int32)}
 
   ds = windows.prefetch(1).unbatch()
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds.with_options(_options())))
+  return _ClosedAtExit(iter(tfds.as_numpy(ds.with_options(_options()))))
+
+
+class _ClosedAtExit:
+  """An iterator that is dropped when the interpreter starts to exit, if it is still alive then.
+
+  The training stream's windows come from a Python generator that TensorFlow calls from its own
+  threads. An iterator still alive when Python finalizes (a module global, a notebook variable) would
+  be destroyed after those threads can no longer enter Python: a window read in flight then never
+  ends and the process hangs at exit. Dropping the iterator from an `atexit` hook, while Python still
+  runs, lets any call in flight finish.
+  """
+
+  _open: 'weakref.WeakSet[_ClosedAtExit]' = weakref.WeakSet()
+
+  def __init__(self, iterator: Iterator[dict[str, np.ndarray]]):
+    self._iterator = iterator
+    self._open.add(self)
+
+  def __iter__(self) -> '_ClosedAtExit':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  @classmethod
+  def close_all(cls) -> None:
+    for stream in list(cls._open):
+      stream._iterator = iter(())
+
+
+atexit.register(_ClosedAtExit.close_all)
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
                  process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """One pass over this process's shard of the eval split, padded to a batch count all processes share.
 
-  {'image': float32 [B, S, S, 3] or [B, 10, S, S, 3] (eval_crops=10), 'label': int32 [B],
+  {'image': uint8 [B, S, S, 3] or [B, 10, S, S, 3] (eval_crops=10), 'label': int32 [B],
    'mask': bool [B]}, where padding examples have mask False.
   """
   _check_sizes(config)
@@ -645,7 +685,7 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
                   'label': tf.cast(ex['label'], tf.int32), 'mask': True},
       num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors(
-      {'image': tf.zeros(image_shape), 'label': 0, 'mask': False})
+      {'image': tf.zeros(image_shape, tf.uint8), 'label': 0, 'mask': False})
   ds = ds.concatenate(padding.repeat(num_batches * local_batch_size - shard.size))
   ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds.with_options(_options())))

@@ -231,8 +231,9 @@ class ModelParallel:
     self.mesh = Mesh(devices.reshape(-1, TOWERS), (train.DATA_AXIS, MODEL_AXIS))
     self.split = NamedSharding(self.mesh, P(train.DATA_AXIS))
     train_fn = functools.partial(train.train_step, model=towers, tx=tx,
-                                 dropout_key=train.dropout_root_key(config))
-    eval_fn = lambda state, batch: train.eval_step(state.params, batch, model=towers)
+                                 dropout_key=train.dropout_root_key(config), augment=config.augment)
+    eval_fn = lambda state, batch: train.eval_step(state.params, batch, model=towers,
+                                                   augment=config.augment)
     # check_vma=False for pmap's semantics, as in train.ShardMapParallel: each device's gradient is
     # its own (of its shard, for split weights), and collectives are explicit. The transposes of the
     # towers' all_gathers (psum_scatter) then deliver each tower the gradient of its half.

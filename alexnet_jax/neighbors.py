@@ -18,6 +18,7 @@ import numpy as np
 
 from alexnet_jax import data
 from alexnet_jax import evaluate
+from alexnet_jax import pixels
 from alexnet_jax import predict
 from alexnet_jax import visualize
 from alexnet_jax.model import ACTIVATIONS, AlexNet
@@ -77,7 +78,9 @@ def nearest_neighbors(loaded: evaluate.Loaded, *, num_queries: int = 8, num_neig
   best per query, so memory does not grow with the training set.
   """
   config = loaded.config
-  features = functools.partial(fc7_features, loaded.model)
+
+  def features(params, images):
+    return fc7_features(loaded.model, params, pixels.model_input({'image': images}, config.augment))
 
   query_images, query_labels = [], []
   for batch in _split_batches(config, config.eval_split, batch_size):
@@ -93,7 +96,7 @@ def nearest_neighbors(loaded: evaluate.Loaded, *, num_queries: int = 8, num_neig
 
   k = num_neighbors
   best = {'distances': np.full((num_queries, k), np.inf, np.float32),
-          'images': np.zeros((num_queries, k) + query_images.shape[1:], np.float32),
+          'images': np.zeros((num_queries, k) + query_images.shape[1:], query_images.dtype),
           'labels': np.full((num_queries, k), -1, np.int64),
           'indices': np.full((num_queries, k), -1, np.int64)}
   rows = np.arange(num_queries)[:, None]
@@ -128,11 +131,10 @@ def nearest_neighbors(loaded: evaluate.Loaded, *, num_queries: int = 8, num_neig
                    distances=np.sqrt(best['distances']))
 
 
-def neighbors_figure(neighbors: Neighbors, config: ml_collections.ConfigDict) -> np.ndarray:
+def neighbors_figure(neighbors: Neighbors) -> np.ndarray:
   """Figure 4's layout: one row per query, the query first, then its neighbours, nearest first."""
   rows = np.concatenate([neighbors.query_images[:, None], neighbors.images], axis=1)
-  return visualize.image_grid(rows.reshape((-1,) + rows.shape[2:]), columns=rows.shape[1],
-                              **visualize.display_normalization(config))
+  return visualize.image_grid(rows.reshape((-1,) + rows.shape[2:]), columns=rows.shape[1])
 
 
 def write_neighbors(workdir: str, out: str, checkpoint: str = 'latest', **options: Any
@@ -140,7 +142,7 @@ def write_neighbors(workdir: str, out: str, checkpoint: str = 'latest', **option
   """Figure 4 for a workdir's checkpoint, saved as a PNG at `out`; `options` go to nearest_neighbors."""
   loaded = evaluate.load(workdir, checkpoint)
   neighbors = nearest_neighbors(loaded, **options)
-  visualize.save_png(neighbors_figure(neighbors, loaded.config), out)
+  visualize.save_png(neighbors_figure(neighbors), out)
   return neighbors
 
 

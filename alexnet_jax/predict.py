@@ -4,7 +4,8 @@ r"""The five most probable classes of images:
 
 Each image is preprocessed exactly as the eval split is (`input_pipeline.preprocess_eval` with
 DIR/config.json: shorter side resized to `resize_size`, the center `image_size` crop or, with
-`--eval_crops=10`, ten crops whose softmax outputs are averaged, then the config's normalization), so a
+`--eval_crops=10`, ten crops whose softmax outputs are averaged, then the config's normalization,
+`pixels.model_input`), so a
 converted torchvision model gets torchvision's mean/std inputs and a model trained here gets its own.
 
 Class names: ImageNet's readable names (with the synset id) for `imagenet2012`, the TFDS label names of
@@ -22,6 +23,7 @@ import numpy as np
 
 from alexnet_jax import data
 from alexnet_jax import evaluate
+from alexnet_jax import pixels
 from alexnet_jax.model import AlexNet
 
 TOP_K = 5
@@ -57,7 +59,7 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval split's preprocessing of one image file: float32 [crops, S, S, 3]."""
+  """The eval split's preprocessing of one image file, before normalization: uint8 [crops, S, S, 3]."""
   if config.eval_crops not in (1, 10):
     raise ValueError(f'eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only real images need it)
@@ -81,7 +83,8 @@ def predict(loaded: evaluate.Loaded, paths: list[str], top_k: int = TOP_K
   names = class_names(loaded.config)
   results = []
   for path in paths:
-    probs = np.asarray(_probabilities(loaded.model, loaded.params, preprocess(path, loaded.config)))
+    crops = pixels.model_input({'image': preprocess(path, loaded.config)}, loaded.config.augment)
+    probs = np.asarray(_probabilities(loaded.model, loaded.params, crops))
     top = np.argsort(-probs)[:top_k]
     results.append([(names[i], float(probs[i])) for i in top])
   return results

@@ -42,6 +42,7 @@ from alexnet_jax import data
 from alexnet_jax import metrics
 from alexnet_jax import model_parallel
 from alexnet_jax import optim
+from alexnet_jax import pixels
 from alexnet_jax import visualize
 from alexnet_jax.model import AlexNet
 
@@ -112,9 +113,12 @@ def top_k_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet,
-               tx: optax.GradientTransformation, dropout_key: jax.Array
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, dropout_key: jax.Array,
+               augment: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's share of the batch; gradients averaged over the `data` axis.
+
+  The batch's uint8 pixels are normalized here, on the device (`pixels.model_input`, as `augment`
+  sets it).
 
   A step whose loss or gradients are not finite is not applied: params and optimizer state stay as
   they were, and the step is recorded in `nonfinite_steps` / `first_nonfinite_step` for the host to act
@@ -127,8 +131,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   device_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step),
                                   jax.lax.axis_index(DATA_AXIS))
 
+  images = pixels.model_input(batch, augment)
+
   def loss_fn(params):
-    logits = model.apply({'params': params}, batch['image'], train=True,
+    logits = model.apply({'params': params}, images, train=True,
                          rngs={'dropout': device_key})
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     return cross_entropy(log_probs, batch['label']).mean(), log_probs
@@ -156,13 +162,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   return new_state, step_metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet) -> dict[str, jax.Array]:
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet,
+              augment: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Sums of loss and errors over the unmasked examples of the whole (all-device) batch.
 
   With 10 crops ([B, 10, H, W, 3]) the softmax predictions of the crops are averaged, as in §4.1 of the
   paper ("averaging the predictions made by the network's softmax layer on the ten patches").
   """
-  images = batch['image']
+  images = pixels.model_input(batch, augment)
   if images.ndim == 5:
     batch_size, crops = images.shape[:2]
     logits = model.apply({'params': params}, images.reshape((-1,) + images.shape[2:]), train=False)
@@ -270,8 +277,9 @@ def make_parallel(config: ml_collections.ConfigDict, model: AlexNet,
   two-device split under shard_map), over all devices unless `devices`."""
   if config.model_parallel == 2:
     return model_parallel.ModelParallel(config, model, tx, devices)
-  train_fn = functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_root_key(config))
-  eval_fn = lambda state, batch: eval_step(state.params, batch, model=model)
+  train_fn = functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_root_key(config),
+                               augment=config.augment)
+  eval_fn = lambda state, batch: eval_step(state.params, batch, model=model, augment=config.augment)
   if config.parallelism == 'shard_map':
     return ShardMapParallel(train_fn, eval_fn, devices)
   if config.parallelism == 'pmap':
@@ -487,8 +495,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config, start_step=start_step, local_batch_size=local_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
   first_batch = next(host_batches)
-  writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(
-      first_batch['image'][:16], **visualize.display_normalization(config)))
+  # The crops and flips the network sees (the lighting shift is added on the device).
+  writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(first_batch['image'][:16]))
   batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
   pending_metrics = []
   interval_start, interval_first_step = time.time(), start_step

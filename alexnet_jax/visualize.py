@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import convert
-from alexnet_jax import data
 
 COMMANDS = ('kernels', 'neighbors')
 KERNEL_COLUMNS = 16  # Figure 3 shows each GPU's 48 kernels as 3 rows of 16
@@ -66,37 +65,20 @@ def conv1_kernel_grid(params: dict[str, Any], groups: int, *, scale: int = 4) ->
   return np.concatenate([part for block in blocks for part in (gap, block)][1:])
 
 
-def display_normalization(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The `mean`/`std` for `image_grid` that undo the pipeline's normalization of `config`'s images
-  (empty for synthetic data, which has no pixel scale: those are stretched per image)."""
-  if config.dataset in data.SYNTHETIC_DATASETS:
-    return {}
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  augment = config.augment
-  mean = input_pipeline.IMAGENET_MEAN_RGB if augment.subtract_mean else (0.0, 0.0, 0.0)
-  std = input_pipeline.IMAGENET_STD_RGB if augment.get('divide_std', True) else (1.0, 1.0, 1.0)
-  return {'mean': np.asarray(mean, np.float32), 'std': np.asarray(std, np.float32)}
-
-
-def image_grid(images: np.ndarray, *, mean: np.ndarray | None = None, std: np.ndarray | None = None,
-               columns: int | None = None) -> np.ndarray:
+def image_grid(images: np.ndarray, *, columns: int | None = None) -> np.ndarray:
   """Images [N, H, W, 3] as one uint8 picture, `columns` per row (default: about square).
 
-  Float images become pixels as `image * std + mean` (see `display_normalization`) or, without a
-  mean, each stretched to 0..255; uint8 images are drawn as they are.
+  uint8 images (what the TFDS and folder sources deliver) are drawn as they are; float images
+  (synthetic data, which has no pixel scale) are each stretched to 0..255.
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'image_grid takes RGB images [N, H, W, 3]; got shape {images.shape}.')
   if images.dtype != np.uint8:
     images = images.astype(np.float32)
-    if mean is not None:
-      images = images * (1.0 if std is None else std) + mean
-    else:
-      low = images.min(axis=(1, 2, 3), keepdims=True)
-      high = images.max(axis=(1, 2, 3), keepdims=True)
-      images = 255 * (images - low) / np.maximum(high - low, 1e-12)
-    images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    high = images.max(axis=(1, 2, 3), keepdims=True)
+    images = np.round(255 * (images - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
   return _tile(images, columns or math.ceil(math.sqrt(len(images))), pad=2)
 
 

@@ -1,12 +1,17 @@
 """The benchmark's output format and FLOP count (a tiny run; no timing is asserted)."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from alexnet_jax import bench
 from alexnet_jax.model import AlexNet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_flops_per_image_of_the_paper_model():
@@ -53,3 +58,18 @@ def test_bad_flags_name_the_problem(flag, message, capsys):
   with pytest.raises(SystemExit):
     bench.parse_args([flag])
   assert message in capsys.readouterr().err
+
+
+def test_input_benchmark_runs_and_reports_both_rates():
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench_input', '--num_images=16', '--batch_size=8',
+       '--passes=1', '--cores=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith('16 JPEGs, 500x375 / 375x500, quality 90')
+  rates = {line[:15].strip(): [float(v) for v in line[15:].split()]
+           for line in lines if line.startswith(('plain decode', 'train pipeline'))}
+  assert set(rates) == {'plain decode', 'train pipeline'}
+  assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
+  ratio = rates['train pipeline'][1] / rates['plain decode'][1]
+  assert lines[-1] == f'train / decode per core: {ratio:.2f}x'

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import input_images
-from alexnet_jax import convert, data, evaluate, predict, train
+from alexnet_jax import convert, data, evaluate, pixels, predict, train
 from configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,8 @@ def test_predict_preprocesses_as_eval_does(folder_workdir):
   # The eval split in order: class_0's image first.
   batch = next(data.eval_batches(loaded.config, local_batch_size=8, process_index=0,
                                  process_count=1))
-  logits = loaded.model.apply({'params': loaded.params}, batch['image'][:1], train=False)
+  inputs = pixels.model_input({'image': batch['image'][:1]}, loaded.config.augment)
+  logits = loaded.model.apply({'params': loaded.params}, inputs, train=False)
   expected = np.asarray(jax.nn.softmax(logits))[0]
 
   path = os.path.join(root, 'val', 'class_0', '0_0.jpg')

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import pixels
 from configs import default
 import input_images
 
@@ -43,15 +44,18 @@ def test_validation_reads_test_folder_when_there_is_no_val(tmp_path):
     input_pipeline.get_dataset_info(config)
 
 
-def test_batches_hold_every_class_and_normalized_images(folder):
+def test_batches_hold_every_class_as_uint8_pixels(folder):
   batches = input_pipeline.train_batches(_config(folder), start_step=0, local_batch_size=6,
                                          process_index=0, process_count=1)
   epoch = [next(batches) for _ in range(3)]  # 18 images: one epoch
   labels = np.concatenate([b['label'] for b in epoch])
   np.testing.assert_array_equal(np.bincount(labels), [6, 6, 6])
   images = np.concatenate([b['image'] for b in epoch])
-  assert images.shape == (18, 32, 32, 3) and images.dtype == np.float32
-  assert abs(images.mean()) < 1.5 and 0.2 < images.std() < 3
+  assert images.shape == (18, 32, 32, 3) and images.dtype == np.uint8
+  inputs = np.asarray(pixels.model_input({'image': images,
+                                          'rgb_shift': np.concatenate([b['rgb_shift'] for b in epoch])},
+                                         _config(folder).augment))
+  assert abs(inputs.mean()) < 1.5 and 0.2 < inputs.std() < 3
 
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
@@ -63,6 +67,7 @@ def test_same_seed_same_batches_other_seed_other_batches(folder):
   first, again, other = first_batches(0), first_batches(0), first_batches(1)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['rgb_shift'], b['rgb_shift'])
   assert not all(np.array_equal(a['label'], b['label']) for a, b in zip(first, other))
   # The in-memory cache changes where the bytes come from, nothing else.
   for a, b in zip(first, first_batches(0, cache=True)):
@@ -92,8 +97,8 @@ def test_resume_at_step_s_gives_the_uninterrupted_batches(folder, process_count)
       resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
       for step in range(start, 9):
         batch = next(resumed)
-        np.testing.assert_array_equal(batch['image'], uninterrupted[step]['image'])
-        np.testing.assert_array_equal(batch['label'], uninterrupted[step]['label'])
+        for key in ('image', 'rgb_shift', 'label'):
+          np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
 
 
 def test_eval_shards_are_disjoint_padded_and_covering(folder):

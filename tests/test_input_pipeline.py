@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import pixels
 from configs import default
 import input_images
 
@@ -55,13 +56,28 @@ def test_random_crop_decodes_a_resized_square(image_format):
   array = input_images.image_array(np.random.default_rng(0), 60, 80)
   encoded = tf.constant(input_images.encode(array, image_format))
   crop = input_pipeline.random_crop(KEYS[0], encoded, resize_size=36, image_size=32).numpy()
-  assert crop.shape == (32, 32, 3) and crop.dtype == np.float32
-  # The crop is a resized piece of the image: an exact match for the PNG, JPEG loss aside otherwise.
+  assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+  # The crop is a resized piece of the image, rounded to whole grey levels: an exact match for the
+  # PNG, JPEG loss aside otherwise.
   y, x, h, _ = input_pipeline.random_crop_window(KEYS[0], tf.constant(60), tf.constant(80),
                                                  resize_size=36, image_size=32).numpy()
   expected = tf.image.resize(array[y:y + h, x:x + h], [32, 32]).numpy()
-  tolerance = 0.01 if image_format == 'PNG' else 12
-  assert np.abs(crop - expected).mean() < tolerance
+  error = np.abs(crop - expected)
+  if image_format == 'PNG':
+    assert error.max() <= 0.5 + 1e-3
+  else:
+    assert error.mean() < 12
+
+
+def test_a_crop_already_at_the_training_size_is_not_resampled():
+  # A dataset stored at shorter side 256 (the paper's §2 downsampling): the 227 window is the crop.
+  array = input_images.image_array(np.random.default_rng(1), 36, 50)
+  encoded = tf.constant(input_images.encode(array, 'PNG'))
+  crop = input_pipeline.random_crop(KEYS[3], encoded, resize_size=36, image_size=36).numpy()
+  y, x, h, w = input_pipeline.random_crop_window(KEYS[3], tf.constant(36), tf.constant(50),
+                                                 resize_size=36, image_size=36).numpy()
+  assert h == w == 36
+  np.testing.assert_array_equal(crop, array[y:y + 36, x:x + 36])
 
 
 def test_flip_mirrors_half_the_time():
@@ -76,14 +92,9 @@ def test_flip_mirrors_half_the_time():
   assert 8 <= flipped <= 32
 
 
-def test_pca_lighting_shifts_every_pixel_by_one_rgb_vector():
-  image = _image()
-  shifts = []
-  for key in KEYS[:10]:
-    shift = (input_pipeline.pca_lighting(key, image, 0.1) - image).numpy()
-    np.testing.assert_allclose(shift, np.broadcast_to(shift[0, 0], shift.shape), atol=1e-4)
-    shifts.append(shift[0, 0])
-  shifts = np.array(shifts)
+def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
+  shifts = np.array([input_pipeline.lighting_shift(key, 0.1).numpy() for key in KEYS[:10]])
+  assert shifts.shape == (10, 3) and shifts.dtype == np.float32
   assert np.abs(shifts).max() > 0.5  # a few grey levels: 0.1 * 55.5 along the first component
   assert len({tuple(s.round(4)) for s in shifts}) == 10  # a fresh alpha per key
   # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1) coefficients.
@@ -91,22 +102,7 @@ def test_pca_lighting_shifts_every_pixel_by_one_rgb_vector():
   alphas = np.linalg.solve(eigenvectors, shifts.T).T / np.array(
       input_pipeline.IMAGENET_PCA_EIGENVALUES)
   assert np.abs(alphas).max() < 0.5
-  np.testing.assert_array_equal(input_pipeline.pca_lighting(KEYS[0], image, 0.0), image)
-
-
-def test_subtract_mean_and_divide_std():
-  mean_image = tf.ones([4, 5, 3]) * tf.constant(input_pipeline.IMAGENET_MEAN_RGB)
-  np.testing.assert_allclose(input_pipeline.subtract_mean(mean_image), 0, atol=1e-4)
-  std_image = tf.ones([4, 5, 3]) * tf.constant(input_pipeline.IMAGENET_STD_RGB)
-  np.testing.assert_allclose(input_pipeline.divide_std(std_image), 1, atol=1e-6)
-
-
-@pytest.mark.parametrize('shape', [(7, 5, 3), (10, 7, 5, 3)])
-def test_per_channel_affine_is_broadcasting(shape):
-  image = tf.random.stateless_uniform(shape, seed=[0, 1], maxval=255)
-  scale, offset = tf.constant([1.0, 0.5, 2.0]), tf.constant([-3.0, 4.0, 0.25])
-  np.testing.assert_allclose(input_pipeline.per_channel_affine(image, scale, offset),
-                             image * scale + offset, rtol=1e-6)
+  np.testing.assert_array_equal(input_pipeline.lighting_shift(KEYS[0], 0.0), np.zeros(3))
 
 
 def test_ten_crop_is_corners_center_and_their_mirrors():
@@ -129,26 +125,29 @@ def test_preprocess_train_switches():
   config = default.get_config()
   config.resize_size, config.image_size = 40, 32
   encoded = _jpeg(48, 64)
-  for name in ('random_crop', 'flip', 'pca_lighting', 'subtract_mean', 'divide_std'):
+  for name in ('random_crop', 'flip', 'pca_lighting'):
     config.augment[name] = False if name != 'pca_lighting' else 0.0
-  plain = input_pipeline.preprocess_train(encoded, KEYS[0], config).numpy()
-  # All off: the center crop, on the 0..255 scale, the same for every key.
-  np.testing.assert_array_equal(plain, input_pipeline.preprocess_train(encoded, KEYS[1], config))
-  np.testing.assert_allclose(plain, input_pipeline.center_crop(encoded, resize_size=40,
-                                                                image_size=32), atol=1e-4)
-  assert plain.min() >= 0 and plain.max() > 100
-  config.augment.subtract_mean = True
-  config.augment.divide_std = True
-  normalized = input_pipeline.preprocess_train(encoded, KEYS[0], config).numpy()
-  np.testing.assert_allclose(
-      normalized, (plain - input_pipeline.IMAGENET_MEAN_RGB) / input_pipeline.IMAGENET_STD_RGB,
-      atol=1e-4)
+  plain = input_pipeline.preprocess_train(encoded, KEYS[0], config)
+  # All off: the center crop as uint8 pixels and no lighting shift, the same for every key.
+  assert plain['image'].dtype == tf.uint8 and plain['image'].shape == (32, 32, 3)
+  np.testing.assert_array_equal(plain['rgb_shift'], np.zeros(3))
+  other_key = input_pipeline.preprocess_train(encoded, KEYS[1], config)
+  np.testing.assert_array_equal(plain['image'], other_key['image'])
+  np.testing.assert_array_equal(
+      plain['image'], input_pipeline.center_crop(encoded, resize_size=40, image_size=32))
+  # Each switch on: over a few keys, crops move, images get mirrored, shifts appear.
+  config.augment.random_crop, config.augment.flip, config.augment.pca_lighting = True, True, 0.1
+  examples = [input_pipeline.preprocess_train(encoded, key, config) for key in KEYS[:8]]
+  images = [example['image'].numpy() for example in examples]
+  assert len({image.tobytes() for image in images}) == 8
+  assert all(np.abs(example['rgb_shift']).max() > 0 for example in examples)
 
 
 def test_preprocess_eval_shapes():
   config = default.get_config()
   config.resize_size, config.image_size = 40, 32
-  assert input_pipeline.preprocess_eval(_jpeg(48, 64), config).shape == (32, 32, 3)
+  image = input_pipeline.preprocess_eval(_jpeg(48, 64), config)
+  assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
   config.eval_crops = 10
   assert input_pipeline.preprocess_eval(_jpeg(64, 48), config).shape == (10, 32, 32, 3)
 
@@ -195,12 +194,13 @@ def test_mock_imagenet_train_batches(mock_imagenet):
                                          process_index=0, process_count=1)
   for _ in range(8):  # more than an epoch of 50
     batch = next(batches)
-    assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.float32
+    assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.uint8
+    assert batch['rgb_shift'].shape == (8, 3) and batch['rgb_shift'].dtype == np.float32
     assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
-    assert np.isfinite(batch['image']).all()
     assert ((batch['label'] >= 0) & (batch['label'] < 1000)).all()
-    # Mean subtracted, divided by the std: inputs on a unit scale.
-    assert 0.2 < batch['image'].std() < 3
+    assert batch['image'].std() > 10  # real pixels, not a constant
+    # Normalized on the device: inputs on a unit scale.
+    assert 0.2 < np.asarray(pixels.model_input(batch, config.augment)).std() < 3
 
 
 def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):
@@ -214,8 +214,8 @@ def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):
     resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
     for step in range(start, start + 3):
       batch = next(resumed)
-      np.testing.assert_array_equal(batch['image'], uninterrupted[step]['image'])
-      np.testing.assert_array_equal(batch['label'], uninterrupted[step]['label'])
+      for key in ('image', 'rgb_shift', 'label'):
+        np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
 
 
 @pytest.mark.parametrize('eval_crops', [1, 10])
@@ -229,7 +229,7 @@ def test_mock_imagenet_eval_batches_pad_and_mask(mock_imagenet, eval_crops):
     assert len(batches) == 2  # the largest shard: ceil(11 / 3) = 4 examples, 2 batches
     for batch in batches:
       expected = (2, 10, 32, 32, 3) if eval_crops == 10 else (2, 32, 32, 3)
-      assert batch['image'].shape == expected
+      assert batch['image'].shape == expected and batch['image'].dtype == np.uint8
       assert batch['mask'].dtype == bool
       assert not batch['image'][~batch['mask']].any()  # padding is zeros
     counts.append(sum(int(b['mask'].sum()) for b in batches))

@@ -172,7 +172,7 @@ def test_ten_crop_eval_averages_softmax_predictions():
   crops[:, 1:] += np.random.default_rng(0).normal(size=crops[:, 1:].shape).astype(np.float32)
   batch = dict(batch, image=crops)
   sums = jax.jit(jax.shard_map(
-      lambda b: train.eval_step(params, b, model=model),
+      lambda b: train.eval_step(params, b, model=model, augment=config.augment),
       mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
       in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
   probs = jax.nn.softmax(model.apply({'params': params}, crops.reshape((-1,) + crops.shape[2:])))

@@ -47,10 +47,9 @@ def test_kernel_groups_follow_the_layout():
   assert visualize.kernel_groups(config) == 1
 
 
-def test_image_grid_undoes_the_normalization():
+def test_image_grid_draws_pixels_and_stretches_floats():
   pixels = np.random.default_rng(0).integers(0, 256, (5, 8, 6, 3)).astype(np.uint8)
-  mean, std = np.array([120.0, 110.0, 100.0]), np.array([60.0, 55.0, 50.0])
-  grid = visualize.image_grid((pixels - mean) / std, mean=mean, std=std, columns=3)
+  grid = visualize.image_grid(pixels, columns=3)
   assert grid.shape == (2 * 8 + 3 * 2, 3 * 6 + 4 * 2, 3)  # 2 rows of 3, 2 px apart
   np.testing.assert_array_equal(grid[2:10, 2:8], pixels[0])
   np.testing.assert_array_equal(grid[12:20, 10:16], pixels[4])
@@ -139,5 +138,5 @@ def test_neighbors_of_a_synthetic_run_come_from_its_training_split(folder_workdi
   found = neighbors.nearest_neighbors(dataclasses.replace(loaded, config=config),
                                       num_queries=3, num_neighbors=40, batch_size=16)
   assert sorted(found.indices[0]) == list(range(40))  # every training example, none twice
-  figure = neighbors.neighbors_figure(found, config)
+  figure = neighbors.neighbors_figure(found)
   assert figure.shape == (3 * 67 + 4 * 2, 41 * 67 + 42 * 2, 3)

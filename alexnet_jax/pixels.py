@@ -1,0 +1,48 @@
+"""From a batch of the data interface to the network's input, on the device.
+
+The TFDS and folder sources deliver uint8 pixels (and, for training, each image's PCA lighting shift,
+§4.1, as `rgb_shift`); the last steps of the paper's preprocessing run here, inside the jitted step:
+  x = (pixel + rgb_shift - mean) / std   per channel, each part as `config.augment` sets it.
+Doing them on the device rather than in tf.data sends a quarter of the bytes to the accelerator
+(uint8, not float32) and spares the input pipeline two float passes and a float32 batch per step on
+the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses the arithmetic into the step.
+
+Synthetic sources (alexnet_jax/synthetic.py) deliver float32 images that are model inputs already;
+they pass through unchanged.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Per-channel RGB mean and standard deviation of ImageNet training pixels, 0..255 scale (the values
+# used by fb.resnet.torch and torchvision, there on the 0..1 scale).
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def mean_and_std(augment: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The per-channel mean subtracted and std divided by, as `augment` configures (0 and 1 when off)."""
+  mean = IMAGENET_MEAN_RGB if augment.subtract_mean else (0.0, 0.0, 0.0)
+  std = IMAGENET_STD_RGB if augment.get('divide_std', True) else (1.0, 1.0, 1.0)
+  return mean, std
+
+
+def model_input(batch: Mapping[str, jax.Array], augment: ml_collections.ConfigDict) -> jax.Array:
+  """The network's input for `batch`: float32 images of the shape of `batch['image']`.
+
+  uint8 images [B, H, W, 3] or [B, crops, H, W, 3] become (pixel + rgb_shift - mean) / std, with the
+  per-example shift `batch['rgb_shift']` [B, 3] added when the batch has one. Float images pass
+  through.
+  """
+  images = batch['image']
+  if images.dtype != jnp.uint8:
+    return images
+  x = images.astype(jnp.float32)
+  if 'rgb_shift' in batch:
+    shift = batch['rgb_shift'].astype(jnp.float32)
+    x = x + shift.reshape(shift.shape[:1] + (1,) * (images.ndim - 2) + (3,))
+  mean, std = mean_and_std(augment)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -1,0 +1,63 @@
+"""The on-device end of the preprocessing: uint8 pixels and lighting shifts to the network's input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import pixels
+from configs import default
+
+
+def _pixels(shape, seed=0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def test_mean_subtracted_and_std_divided_per_channel():
+  augment = default.get_config().augment
+  images = _pixels((2, 5, 4, 3))
+  inputs = np.asarray(pixels.model_input({'image': images}, augment))
+  assert inputs.dtype == np.float32
+  expected = (images.astype(np.float64) - pixels.IMAGENET_MEAN_RGB) / pixels.IMAGENET_STD_RGB
+  np.testing.assert_allclose(inputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_switches_off_leave_the_pixel_scale():
+  augment = default.get_config().augment
+  augment.subtract_mean = False
+  augment.divide_std = False
+  images = _pixels((2, 3, 3, 3))
+  np.testing.assert_array_equal(pixels.model_input({'image': images}, augment),
+                                images.astype(np.float32))
+  augment.subtract_mean = True  # the paper's scale: 0..255 minus the mean
+  np.testing.assert_allclose(pixels.model_input({'image': images}, augment),
+                             images - np.float32(pixels.IMAGENET_MEAN_RGB), atol=1e-4)
+
+
+def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
+  augment = default.get_config().augment
+  images = _pixels((3, 6, 5, 3))
+  shifts = np.array([[4.0, -2.0, 1.5], [0.0, 0.0, 0.0], [-7.0, 3.0, 0.5]], np.float32)
+  shifted = np.asarray(pixels.model_input({'image': images, 'rgb_shift': shifts}, augment))
+  plain = np.asarray(pixels.model_input({'image': images}, augment))
+  moved = (shifted - plain) * np.float32(pixels.IMAGENET_STD_RGB)  # back on the pixel scale
+  for image, shift in zip(moved, shifts):
+    np.testing.assert_allclose(image, np.broadcast_to(shift, image.shape), atol=1e-3)
+
+
+def test_ten_crop_batches_and_float_inputs():
+  augment = default.get_config().augment
+  crops = _pixels((2, 10, 4, 4, 3))
+  inputs = pixels.model_input({'image': crops}, augment)
+  assert inputs.shape == crops.shape and inputs.dtype == jnp.float32
+  np.testing.assert_allclose(inputs[1, 7], pixels.model_input({'image': crops[1, 7][None]},
+                                                              augment)[0], atol=1e-6)
+  # Synthetic sources deliver model inputs already: passed through untouched.
+  floats = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+  assert pixels.model_input({'image': floats}, augment) is floats
+
+
+def test_model_input_jits():
+  augment = default.get_config().augment
+  batch = {'image': _pixels((2, 4, 4, 3)), 'rgb_shift': np.ones((2, 3), np.float32)}
+  np.testing.assert_allclose(jax.jit(lambda b: pixels.model_input(b, augment))(batch),
+                             pixels.model_input(batch, augment), rtol=1e-6)

@@ -576,8 +576,11 @@ def _epoch_windows(shard: _Shard, seed: int, epoch: int) -> list[list[tuple[int,
 def _read_blocks(shard: _Shard, blocks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
   """The examples of `blocks`, concatenated; the blocks (separate files) are read in parallel."""
   datasets = [(shard.examples(a, b), b - a) for a, b in blocks]
-  with concurrent.futures.ThreadPoolExecutor(min(len(blocks), 8)) as pool:
-    parts = list(pool.map(lambda dataset_count: _to_numpy(*dataset_count), datasets))
+  if len(datasets) == 1:  # a folder dataset's window: no thread needed
+    parts = [_to_numpy(*datasets[0])]
+  else:
+    with concurrent.futures.ThreadPoolExecutor(min(len(blocks), 8)) as pool:
+      parts = list(pool.map(lambda dataset_count: _to_numpy(*dataset_count), datasets))
   return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 

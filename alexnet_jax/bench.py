@@ -100,17 +100,26 @@ def _seconds(fn: Callable[[], Any]) -> float:
 
 
 class JaxStep:
-  """The project's train step, compiled for one device, stepping on a fixed synthetic batch."""
+  """The project's train step, compiled for one device, stepping on a fixed synthetic batch.
 
-  def __init__(self, config: ml_collections.ConfigDict, num_classes: int = 1000):
+  The batch holds float32 images, the network's input as it is; with `uint8_pixels`, uint8 pixels and
+  lighting shifts instead, as the TFDS and folder pipelines deliver them (normalized in the step).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int = 1000,
+               uint8_pixels: bool = False):
     self.model = train.create_model(config, num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch=1000, total_steps=1000)
     parallel = train.make_parallel(config, self.model, tx, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.image_size, config.image_size, 3)
-    self.batch = parallel.put_batch({
-        'image': rng.standard_normal(shape, np.float32),
-        'label': rng.integers(0, num_classes, config.batch_size).astype(np.int32)})
+    if uint8_pixels:
+      host_batch = {'image': rng.integers(0, 256, shape).astype(np.uint8),
+                    'rgb_shift': rng.normal(size=(config.batch_size, 3)).astype(np.float32)}
+    else:
+      host_batch = {'image': rng.standard_normal(shape, np.float32)}
+    host_batch['label'] = rng.integers(0, num_classes, config.batch_size).astype(np.int32)
+    self.batch = parallel.put_batch(host_batch)
     self.state = parallel.put_state(train.create_train_state(config, self.model, tx))
     start = time.perf_counter()
     self.compiled = parallel.train_step.lower(self.state, self.batch).compile()

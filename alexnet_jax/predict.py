@@ -5,8 +5,8 @@ r"""The five most probable classes of images:
 Each image is preprocessed exactly as the eval split is (`input_pipeline.preprocess_eval` with
 DIR/config.json: shorter side resized to `resize_size`, the center `image_size` crop or, with
 `--eval_crops=10`, ten crops whose softmax outputs are averaged, then the config's normalization,
-`pixels.model_input`), so a
-converted torchvision model gets torchvision's mean/std inputs and a model trained here gets its own.
+`pixels.model_input`), so a converted torchvision model gets torchvision's mean/std inputs and a model
+trained here gets its own.
 
 Class names: ImageNet's readable names (with the synset id) for `imagenet2012`, the TFDS label names of
 other TFDS datasets, the folder names of `folder:` datasets.

@@ -56,13 +56,17 @@ def conv1_kernel_grid(params: dict[str, Any], groups: int, *, scale: int = 4) ->
     raise ValueError(f'conv1 has {kernels.shape[-1]} input channels; only RGB kernels can be drawn.')
   if len(kernels) % groups:
     raise ValueError(f'conv1 has {len(kernels)} kernels, which do not split into {groups} groups.')
-  low = kernels.min(axis=(1, 2, 3), keepdims=True)
-  high = kernels.max(axis=(1, 2, 3), keepdims=True)
-  cells = np.round(255 * (kernels - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
-  cells = cells.repeat(scale, axis=1).repeat(scale, axis=2)
+  cells = _stretched(kernels).repeat(scale, axis=1).repeat(scale, axis=2)
   blocks = [_tile(block, min(KERNEL_COLUMNS, len(block))) for block in np.split(cells, groups)]
   gap = np.full((cells.shape[1] // 2, blocks[0].shape[1], 3), 255, np.uint8)
   return np.concatenate([part for block in blocks for part in (gap, block)][1:])
+
+
+def _stretched(images: np.ndarray) -> np.ndarray:
+  """Float [N, H, W, C], each of the N stretched on its own to 0..255: uint8."""
+  low = images.min(axis=(1, 2, 3), keepdims=True)
+  high = images.max(axis=(1, 2, 3), keepdims=True)
+  return np.round(255 * (images - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
 
 
 def image_grid(images: np.ndarray, *, columns: int | None = None) -> np.ndarray:
@@ -75,10 +79,7 @@ def image_grid(images: np.ndarray, *, columns: int | None = None) -> np.ndarray:
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'image_grid takes RGB images [N, H, W, 3]; got shape {images.shape}.')
   if images.dtype != np.uint8:
-    images = images.astype(np.float32)
-    low = images.min(axis=(1, 2, 3), keepdims=True)
-    high = images.max(axis=(1, 2, 3), keepdims=True)
-    images = np.round(255 * (images - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
+    images = _stretched(images.astype(np.float32))
   return _tile(images, columns or math.ceil(math.sqrt(len(images))), pad=2)
 
 

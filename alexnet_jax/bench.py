@@ -102,8 +102,9 @@ def _seconds(fn: Callable[[], Any]) -> float:
 class JaxStep:
   """The project's train step, compiled for one device, stepping on a fixed synthetic batch.
 
-  The batch holds float32 images, the network's input as it is; with `uint8_pixels`, uint8 pixels and
-  lighting shifts instead, as the TFDS and folder pipelines deliver them (normalized in the step).
+  The batch holds float32 images, the network's input as it is; with `uint8_pixels`, uint8 pixels,
+  flips and lighting shifts instead, as the TFDS and folder pipelines deliver them (applied and
+  normalized in the step).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int = 1000,
@@ -115,6 +116,7 @@ class JaxStep:
     shape = (config.batch_size, config.image_size, config.image_size, 3)
     if uint8_pixels:
       host_batch = {'image': rng.integers(0, 256, shape).astype(np.uint8),
+                    'flip': rng.integers(0, 2, config.batch_size).astype(bool),
                     'rgb_shift': rng.normal(size=(config.batch_size, 3)).astype(np.float32)}
     else:
       host_batch = {'image': rng.standard_normal(shape, np.float32)}

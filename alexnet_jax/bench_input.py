@@ -3,24 +3,31 @@
   python -m alexnet_jax.bench_input [--num_images=512] [--cores=N]
 
 Writes ImageNet-like JPEGs (500x375 and 375x500, quality 90, photo-like content: smooth shapes plus
-fine noise, ~110 KB like the average ImageNet file) as a folder dataset, then measures, in the same
-process and on the same files, with TensorFlow's libjpeg-turbo in both:
-  * decode: read + full `tf.io.decode_jpeg`, nothing else;
-  * train: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227 crop decoded
-    with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size.
-Both run tf.data parallel maps over the same cores. The per-core rate is images per second of CPU
+fine noise, ~67 KB each) as a folder dataset, then measures, in the same process and on the same
+files, with TensorFlow's libjpeg-turbo throughout:
+  * plain decode: read + full `tf.io.decode_jpeg`, nothing else;
+  * window decode: read + `decode_and_crop_jpeg` of the window that a random 227 crop of the 256
+    resize covers, as in training, nothing kept;
+  * window, no resize: those windows cut to 227x227 (no resampling) and batched: the pipeline less
+    its resize, flip and lighting, an upper bound for any pipeline built on this decode;
+  * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
+    crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size.
+All run tf.data parallel maps over the same cores. The per-core rate is images per second of CPU
 time the process used (all threads), which holds up on a machine shared with other work; wall-clock
-images/s are printed too. The goal is train >= 0.9x decode per core: the augmentation should cost no
-more than the decode it saves.
+images/s are printed too. Each of --rounds rounds measures every row in turn; a row's ratio to the
+plain decode is taken within each round, and the medians over rounds are printed. The goal is train >= 0.9x plain decode per core: the augmentation should
+cost no more than the decode it saves.
 
 The last steps (lighting shift, mean, std) run inside the jitted train step (alexnet_jax/pixels.py)
 and are not part of this measure; bench/step_inputs.py shows what they add to a step.
 """
 
 import dataclasses
+import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 from absl import app
 from absl import flags
@@ -35,6 +42,7 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'Distinct JPEG files writt
 _CORES = flags.DEFINE_integer('cores', None, 'CPU cores to use; default: all this process may use.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 _PASSES = flags.DEFINE_integer('passes', 4, 'Timed passes over the files per measurement.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds of all measurements; medians are reported.')
 
 
 def photo_like_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -70,7 +78,10 @@ class Rate:
 
 
 def _rate(batches, images_per_batch: int, num_batches: int) -> Rate:
-  next(batches)  # warm up: tracing, thread pools, first window
+  # Warm up (tracing, thread pools, the first window), and drain what the prefetch buffers filled
+  # meanwhile: the timed batches are made while they are timed.
+  for _ in range(2):
+    next(batches)
   wall, cpu = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(batches)
@@ -78,16 +89,37 @@ def _rate(batches, images_per_batch: int, num_batches: int) -> Rate:
   return Rate(images / (time.perf_counter() - wall), images / (time.process_time() - cpu))
 
 
-def decode_rate(paths: list[str], cores: int, batch_size: int, num_batches: int) -> Rate:
-  """Images/s of reading and fully decoding the files, `cores` parallel calls."""
-  ds = tf.data.Dataset.from_tensor_slices(paths).repeat()
-  ds = ds.map(lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3),
-              num_parallel_calls=cores)
-  ds = ds.map(tf.shape).batch(batch_size).prefetch(2)  # keep decoding, not copying, the measure
+def map_rate(paths: list[str], per_image: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], cores: int,
+             batch_size: int, num_batches: int) -> Rate:
+  """Images/s of `per_image(path, index)` over the files, `cores` parallel calls, results batched."""
+  ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths)))).repeat()
+  ds = ds.map(per_image, num_parallel_calls=cores).batch(batch_size).prefetch(2)
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
   options.threading.max_intra_op_parallelism = 1
   return _rate(iter(ds.with_options(options)), batch_size, num_batches)
+
+
+def full_decode(path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+  """The plain decode: read and decode the whole file; only its shape is batched, so the measure is
+  decoding, not copying."""
+  del index
+  return tf.shape(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))
+
+
+def training_window(path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+  """The window of a random 227 crop of the 256 resize (as in training), decoded: uint8 [s, s, 3]."""
+  key = tf.stack([tf.constant(0, tf.int64), index])
+  window_fn = functools.partial(input_pipeline.random_crop_window, key, resize_size=256,
+                                image_size=227)
+  return input_pipeline.decode_window(tf.io.read_file(path), window_fn)
+
+
+STAGES = {
+    'plain decode': full_decode,
+    'window decode': lambda path, index: tf.shape(training_window(path, index)),
+    'window, no resize': lambda path, index: training_window(path, index)[:227, :227],
+}
 
 
 def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
@@ -99,6 +131,15 @@ def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
   return _rate(batches, batch_size, num_batches)
 
 
+def measure(root: str, paths: list[str], cores: int, batch_size: int, num_batches: int
+            ) -> dict[str, Rate]:
+  """One round: every stage and the training pipeline, each with a fresh iterator, in turn."""
+  rates = {name: map_rate(paths, per_image, cores, batch_size, num_batches)
+           for name, per_image in STAGES.items()}
+  rates['train pipeline'] = train_rate(root, batch_size, num_batches)
+  return rates
+
+
 def main(argv):
   del argv
   cores = _CORES.value or len(os.sched_getaffinity(0))
@@ -107,15 +148,22 @@ def main(argv):
     paths = write_images(root, _NUM_IMAGES.value)
     kilobytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e3
     num_batches = max(1, _PASSES.value * len(paths) // _BATCH_SIZE.value)
-    decode = decode_rate(paths, cores, _BATCH_SIZE.value, num_batches)
-    train = train_rate(root, _BATCH_SIZE.value, num_batches)
+    rounds = [measure(root, paths, cores, _BATCH_SIZE.value, num_batches)
+              for _ in range(_ROUNDS.value)]
   print(f'{len(paths)} JPEGs, 500x375 / 375x500, quality 90, {kilobytes:.0f} KB average; '
-        f'{cores} core(s), TensorFlow {tf.__version__}')
-  print('                images/s (wall)   images per CPU-second (per core)')
-  for name, rate in (('plain decode', decode), ('train pipeline', train)):
-    print(f'{name:15s} {rate.images_per_second:15.1f}   {rate.images_per_cpu_second:15.1f}')
-  print(f'train / decode per core: '
-        f'{train.images_per_cpu_second / decode.images_per_cpu_second:.2f}x')
+        f'{cores} core(s), TensorFlow {tf.__version__}; medians of {len(rounds)} round(s)')
+  print(f'{"":20s} {"images/s (wall)":>16s} {"per core":>10s} {"/ decode":>9s}')
+  # A stage's ratio to the decode is taken within each round (the two measured minutes apart at
+  # most, under the same load), then the median over rounds.
+  ratios = {name: [r[name].images_per_cpu_second / r['plain decode'].images_per_cpu_second
+                   for r in rounds] for name in rounds[0]}
+  for name in rounds[0]:
+    wall = np.median([r[name].images_per_second for r in rounds])
+    per_core = np.median([r[name].images_per_cpu_second for r in rounds])
+    print(f'{name:20s} {wall:16.1f} {per_core:10.1f} {np.median(ratios[name]):8.2f}x')
+  train = ratios['train pipeline']
+  print(f'train / decode per core: {np.median(train):.2f}x '
+        f'(rounds: {", ".join(f"{r:.2f}" for r in train)})')
 
 
 if __name__ == '__main__':

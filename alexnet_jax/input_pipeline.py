@@ -13,7 +13,8 @@ Training images (each step a switch in `config.augment`):
      to `image_size`. This is resize-then-crop up to rounding the window to whole source pixels and
      the interpolation at its borders, and it skips most of the decode. Without `random_crop`: the
      center crop, the same way.
-  2. flip: a horizontal reflection with probability 1/2.
+  2. flip: a horizontal reflection with probability 1/2, drawn here and delivered with the image
+     as 'flip'; the mirroring itself is done on the device.
   3. pca_lighting: the RGB shift sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, pca_lighting^2), with the
      eigenvalues lambda_i and eigenvectors p_i of ImageNet's RGB covariance (§4.1), drawn here and
      delivered with the image as 'rgb_shift'.
@@ -21,9 +22,10 @@ Training images (each step a switch in `config.augment`):
 Evaluation images: resize the shorter side to `resize_size`, then the center crop or, with
 `eval_crops=10`, the four corner and the center crops and their mirror images (§4.1).
 
-Output: uint8 pixels. The lighting shift, the mean and the std are applied to every pixel on the
-device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and send, and
-no float passes on the host (docs/benchmarks.md, "Input pipeline"). With the defaults
+Output: uint8 pixels. The flip, the lighting shift, the mean and the std are applied to every pixel
+on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
+send, and no pass over the pixels on the host beyond the decode and the resize (docs/benchmarks.md,
+"Input pipeline"). With the defaults
 (`subtract_mean` and `divide_std`) the network sees (x + shift - mean) / std per channel, roughly
 zero-mean, unit-variance inputs (what He initialization assumes); with `divide_std=False` it sees
 the 0..255 scale minus the mean, as in the paper.
@@ -154,11 +156,14 @@ def center_crop(encoded: tf.Tensor, *, resize_size: int, image_size: int) -> tf.
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
 
-def flip(key: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
-  """Mirrors [H, W, C] `image` left-right with probability 1/2."""
-  # tf.reverse, not image[:, ::-1]: the strided slice is several times slower on CPU.
-  return tf.cond(tf.random.stateless_uniform([], seed=key) < 0.5,
-                 lambda: tf.reverse(image, axis=[1]), lambda: image)
+def random_flip(key: tf.Tensor) -> tf.Tensor:
+  """Whether to mirror the image left-right: True with probability 1/2, a bool scalar.
+
+  The image is mirrored on the device (`pixels.flipped`), where it is one more index in the pass
+  that normalizes the pixels; on the host, a conditional copy of every training image cost 8-10% of
+  the pipeline's CPU time (docs/benchmarks.md, "Input pipeline").
+  """
+  return tf.random.stateless_uniform([], seed=key) < 0.5
 
 
 def lighting_shift(key: tf.Tensor, alpha_std: float) -> tf.Tensor:
@@ -200,19 +205,25 @@ def _resize(image: tf.Tensor, shape) -> tf.Tensor:
   Images leave the pipeline as uint8 (a quarter of float32's bytes to batch and to send to the
   device); rounding moves a pixel by at most half a grey level. An image that already has `shape`
   (a dataset stored at the training resolution) is passed through without resampling.
+
+  The window is cast to float32 before the resize: TensorFlow's bilinear kernel gives the same
+  values for uint8 and float32 input, but its float32 path is faster, by more than the cast costs
+  (0.30 against 0.45 ms per 332x332 window; docs/benchmarks.md, "Input pipeline").
   """
   shape = tf.convert_to_tensor(shape, tf.int32)
   return tf.cond(
       tf.reduce_all(tf.shape(image)[:2] == shape),
       lambda: image,
-      lambda: tf.cast(tf.round(tf.image.resize(image, shape, method='bilinear')), tf.uint8))
+      lambda: tf.cast(tf.round(tf.image.resize(tf.cast(image, tf.float32), shape,
+                                               method='bilinear')), tf.uint8))
 
 
 def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict
                      ) -> dict[str, tf.Tensor]:
-  """One training example's crop and flip, uint8 [image_size, image_size, 3] as 'image', and its
-  lighting shift, float32 [3] as 'rgb_shift' (zeros without `pca_lighting`); every random choice is
-  drawn from `key`. The shift, mean and std are applied on the device (`pixels.model_input`)."""
+  """One training example: its crop, uint8 [image_size, image_size, 3] as 'image', whether to mirror
+  it, a bool as 'flip' (False without `flip`), and its lighting shift, float32 [3] as 'rgb_shift'
+  (zeros without `pca_lighting`); every random choice is drawn from `key`. The flip, shift, mean and
+  std are applied on the device (`pixels.model_input`)."""
   augment = config.augment
   crop_key, flip_key, lighting_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
@@ -220,14 +231,13 @@ def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.
     image = random_crop(crop_key, encoded, **sizes)
   else:
     image = center_crop(encoded, **sizes)
-  if augment.flip:
-    image = flip(flip_key, image)
+  mirror = random_flip(flip_key) if augment.flip else tf.constant(False)
   if augment.pca_lighting:
     rgb_shift = lighting_shift(lighting_key, augment.pca_lighting)
   else:
     rgb_shift = tf.zeros([3])
   image = tf.ensure_shape(image, [config.image_size, config.image_size, 3])
-  return {'image': image, 'rgb_shift': rgb_shift}
+  return {'image': image, 'flip': mirror, 'rgb_shift': rgb_shift}
 
 
 def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -606,7 +616,8 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
                   process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process; the first is the batch of global step `start_step`.
 
-  {'image': uint8 [local_batch_size, image_size, image_size, 3],
+  {'image': uint8 [local_batch_size, image_size, image_size, 3] (crops, not yet mirrored),
+   'flip': bool [local_batch_size] (which images to mirror, on the device),
    'rgb_shift': float32 [local_batch_size, 3] (the lighting noise, added on the device),
    'label': int32 [local_batch_size]}
   """

@@ -1,11 +1,12 @@
 """From a batch of the data interface to the network's input, on the device.
 
-The TFDS and folder sources deliver uint8 pixels (and, for training, each image's PCA lighting shift,
-§4.1, as `rgb_shift`); the last steps of the paper's preprocessing run here, inside the jitted step:
-  x = (pixel + rgb_shift - mean) / std   per channel, each part as `config.augment` sets it.
+The TFDS and folder sources deliver uint8 pixels (and, for training, whether to mirror each image as
+`flip` and its PCA lighting shift as `rgb_shift`, both drawn on the host, §4.1); the last steps of
+the paper's preprocessing run here, inside the jitted step:
+  x = ((mirrored if flip else pixel) + rgb_shift - mean) / std   per channel, as `config.augment` sets
 Doing them on the device rather than in tf.data sends a quarter of the bytes to the accelerator
-(uint8, not float32) and spares the input pipeline two float passes and a float32 batch per step on
-the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses the arithmetic into the step.
+(uint8, not float32) and spares the input pipeline a copy, two float passes and a float32 batch per
+step on the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses them into one pass.
 
 Synthetic sources (alexnet_jax/synthetic.py) deliver float32 images that are model inputs already;
 they pass through unchanged.
@@ -30,17 +31,27 @@ def mean_and_std(augment: ml_collections.ConfigDict) -> tuple[tuple[float, ...],
   return mean, std
 
 
+def flipped(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """`batch['image']` [B, H, W, C] with the images that `batch['flip']` [B] marks mirrored left-right
+  (§4.1's horizontal reflections); the images as they are when the batch has no 'flip'."""
+  images = batch['image']
+  if 'flip' not in batch:
+    return images
+  mirror = jnp.asarray(batch['flip'], bool).reshape((-1,) + (1,) * (images.ndim - 1))
+  return jnp.where(mirror, images[:, :, ::-1], images)
+
+
 def model_input(batch: Mapping[str, jax.Array], augment: ml_collections.ConfigDict) -> jax.Array:
   """The network's input for `batch`: float32 images of the shape of `batch['image']`.
 
-  uint8 images [B, H, W, 3] or [B, crops, H, W, 3] become (pixel + rgb_shift - mean) / std, with the
-  per-example shift `batch['rgb_shift']` [B, 3] added when the batch has one. Float images pass
-  through.
+  uint8 images [B, H, W, 3] or [B, crops, H, W, 3] become (pixel + rgb_shift - mean) / std, the
+  images `batch['flip']` [B] marks mirrored first and the per-example shift `batch['rgb_shift']`
+  [B, 3] added, when the batch has them. Float images pass through.
   """
   images = batch['image']
   if images.dtype != jnp.uint8:
     return images
-  x = images.astype(jnp.float32)
+  x = flipped(batch).astype(jnp.float32)
   if 'rgb_shift' in batch:
     shift = batch['rgb_shift'].astype(jnp.float32)
     x = x + shift.reshape(shift.shape[:1] + (1,) * (images.ndim - 2) + (3,))

@@ -496,7 +496,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       process_index=jax.process_index(), process_count=jax.process_count())
   first_batch = next(host_batches)
   # The crops and flips the network sees (the lighting shift is added on the device).
-  writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(first_batch['image'][:16]))
+  first_images = pixels.flipped({k: v[:16] for k, v in first_batch.items()})
+  writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(np.asarray(first_images)))
   batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
   pending_metrics = []
   interval_start, interval_first_step = time.time(), start_step

@@ -1,12 +1,13 @@
-"""What normalizing on the device costs a train step: float32 inputs against uint8 pixels.
+"""What flipping and normalizing on the device cost a train step: float32 inputs against uint8 pixels.
 
   python bench/step_inputs.py                     # paper model, fp32, batch 128, one device
   python bench/step_inputs.py --batch_size=32 --steps=10
 
-The TFDS and folder pipelines deliver uint8 pixels and each image's lighting shift; the train step
-turns them into (x + shift - mean) / std (alexnet_jax/pixels.py). This compiles the project's step
-twice on one device (`bench.JaxStep`), once for a float32 batch that is the network's input already
-(what the pipeline delivered before) and once for a uint8 batch with its shifts, and times `--steps`
+The TFDS and folder pipelines deliver uint8 pixels, each image's flip bit and its lighting shift; the
+train step mirrors the marked images and computes (x + shift - mean) / std (alexnet_jax/pixels.py).
+This compiles the project's step twice on one device (`bench.JaxStep`), once for a float32 batch that
+is the network's input already (what the pipeline delivered before) and once for a uint8 batch with
+its flips and shifts, and times `--steps`
 steps of each, interleaved. Prints the median wall time, CPU time (all threads) and minor page faults
 per step.
 """

@@ -60,16 +60,24 @@ def test_bad_flags_name_the_problem(flag, message, capsys):
   assert message in capsys.readouterr().err
 
 
-def test_input_benchmark_runs_and_reports_both_rates():
+def test_input_benchmark_runs_and_reports_every_rate():
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.bench_input', '--num_images=16', '--batch_size=8',
-       '--passes=1', '--cores=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
+       '--passes=1', '--cores=1', '--rounds=2'], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('16 JPEGs, 500x375 / 375x500, quality 90')
-  rates = {line[:15].strip(): [float(v) for v in line[15:].split()]
-           for line in lines if line.startswith(('plain decode', 'train pipeline'))}
-  assert set(rates) == {'plain decode', 'train pipeline'}
-  assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
-  ratio = rates['train pipeline'][1] / rates['plain decode'][1]
-  assert lines[-1] == f'train / decode per core: {ratio:.2f}x'
+  assert lines[0].endswith('medians of 2 round(s)')
+  names = ('plain decode', 'window decode', 'window, no resize', 'train pipeline')
+  rates = {line[:20].strip(): line[20:].split() for line in lines if line.startswith(names)}
+  assert list(rates) == list(names)
+  assert all(len(v) == 3 and min(float(v[0]), float(v[1])) > 0 for v in rates.values())
+  assert rates['plain decode'][2] == '1.00x'
+  # The summary: the median of the per-round ratios, and each of them.
+  summary = re.fullmatch(r'train / decode per core: ([\d.]+)x \(rounds: ([\d.]+), ([\d.]+)\)',
+                         lines[-1])
+  assert summary, lines[-1]
+  median, *per_round = map(float, summary.groups())
+  assert summary.group(1) + 'x' == rates['train pipeline'][2]
+  assert abs(median - sum(per_round) / 2) <= 0.011 and all(r > 0 for r in per_round)

@@ -67,6 +67,7 @@ def test_same_seed_same_batches_other_seed_other_batches(folder):
   first, again, other = first_batches(0), first_batches(0), first_batches(1)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['flip'], b['flip'])
     np.testing.assert_array_equal(a['rgb_shift'], b['rgb_shift'])
   assert not all(np.array_equal(a['label'], b['label']) for a, b in zip(first, other))
   # The in-memory cache changes where the bytes come from, nothing else.
@@ -97,7 +98,7 @@ def test_resume_at_step_s_gives_the_uninterrupted_batches(folder, process_count)
       resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
       for step in range(start, 9):
         batch = next(resumed)
-        for key in ('image', 'rgb_shift', 'label'):
+        for key in ('image', 'flip', 'rgb_shift', 'label'):
           np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
 
 

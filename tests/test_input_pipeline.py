@@ -80,16 +80,10 @@ def test_a_crop_already_at_the_training_size_is_not_resampled():
   np.testing.assert_array_equal(crop, array[y:y + 36, x:x + 36])
 
 
-def test_flip_mirrors_half_the_time():
-  image = _image()
-  flipped = 0
-  for key in KEYS:
-    out = input_pipeline.flip(key, image).numpy()
-    if np.array_equal(out, image.numpy()[:, ::-1]):
-      flipped += 1
-    else:
-      np.testing.assert_array_equal(out, image.numpy())
-  assert 8 <= flipped <= 32
+def test_random_flip_is_true_for_about_half_the_keys():
+  flips = [bool(input_pipeline.random_flip(key)) for key in KEYS]
+  assert 8 <= sum(flips) <= 32
+  assert flips == [bool(input_pipeline.random_flip(key)) for key in KEYS]  # a function of the key
 
 
 def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
@@ -131,15 +125,17 @@ def test_preprocess_train_switches():
   # All off: the center crop as uint8 pixels and no lighting shift, the same for every key.
   assert plain['image'].dtype == tf.uint8 and plain['image'].shape == (32, 32, 3)
   np.testing.assert_array_equal(plain['rgb_shift'], np.zeros(3))
+  assert not plain['flip']
   other_key = input_pipeline.preprocess_train(encoded, KEYS[1], config)
   np.testing.assert_array_equal(plain['image'], other_key['image'])
   np.testing.assert_array_equal(
       plain['image'], input_pipeline.center_crop(encoded, resize_size=40, image_size=32))
-  # Each switch on: over a few keys, crops move, images get mirrored, shifts appear.
+  # Each switch on: over a few keys, crops move, some images are to be mirrored, shifts appear.
   config.augment.random_crop, config.augment.flip, config.augment.pca_lighting = True, True, 0.1
   examples = [input_pipeline.preprocess_train(encoded, key, config) for key in KEYS[:8]]
   images = [example['image'].numpy() for example in examples]
   assert len({image.tobytes() for image in images}) == 8
+  assert 0 < sum(bool(example['flip']) for example in examples) < 8
   assert all(np.abs(example['rgb_shift']).max() > 0 for example in examples)
 
 
@@ -195,6 +191,7 @@ def test_mock_imagenet_train_batches(mock_imagenet):
   for _ in range(8):  # more than an epoch of 50
     batch = next(batches)
     assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.uint8
+    assert batch['flip'].shape == (8,) and batch['flip'].dtype == bool
     assert batch['rgb_shift'].shape == (8, 3) and batch['rgb_shift'].dtype == np.float32
     assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
     assert ((batch['label'] >= 0) & (batch['label'] < 1000)).all()
@@ -214,7 +211,7 @@ def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):
     resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
     for step in range(start, start + 3):
       batch = next(resumed)
-      for key in ('image', 'rgb_shift', 'label'):
+      for key in ('image', 'flip', 'rgb_shift', 'label'):
         np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
 
 

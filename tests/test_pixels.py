@@ -1,4 +1,4 @@
-"""The on-device end of the preprocessing: uint8 pixels and lighting shifts to the network's input."""
+"""The on-device end of the preprocessing: uint8 pixels, flips and lighting shifts to the network's input."""
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,18 @@ def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
     np.testing.assert_allclose(image, np.broadcast_to(shift, image.shape), atol=1e-3)
 
 
+def test_flip_mirrors_exactly_the_marked_images():
+  augment = default.get_config().augment
+  images = _pixels((4, 3, 5, 3))
+  flip = np.array([True, False, False, True])
+  mirrored = np.asarray(pixels.flipped({'image': images, 'flip': flip}))
+  for image, out, mirror in zip(images, mirrored, flip):
+    np.testing.assert_array_equal(out, image[:, ::-1] if mirror else image)
+  np.testing.assert_array_equal(pixels.flipped({'image': images}), images)
+  np.testing.assert_allclose(pixels.model_input({'image': images, 'flip': flip}, augment),
+                             pixels.model_input({'image': mirrored}, augment), rtol=1e-6)
+
+
 def test_ten_crop_batches_and_float_inputs():
   augment = default.get_config().augment
   crops = _pixels((2, 10, 4, 4, 3))
@@ -58,6 +70,7 @@ def test_ten_crop_batches_and_float_inputs():
 
 def test_model_input_jits():
   augment = default.get_config().augment
-  batch = {'image': _pixels((2, 4, 4, 3)), 'rgb_shift': np.ones((2, 3), np.float32)}
+  batch = {'image': _pixels((2, 4, 4, 3)), 'flip': np.array([True, False]),
+           'rgb_shift': np.ones((2, 3), np.float32)}
   np.testing.assert_allclose(jax.jit(lambda b: pixels.model_input(b, augment))(batch),
                              pixels.model_input(batch, augment), rtol=1e-6)

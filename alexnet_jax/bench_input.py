@@ -9,17 +9,22 @@ files, with TensorFlow's libjpeg-turbo throughout:
   * window decode: read + `decode_and_crop_jpeg` of the window that a random 227 crop of the 256
     resize covers, as in training, nothing kept;
   * window, no resize: those windows cut to 227x227 (no resampling) and batched: the pipeline less
-    its resize, flip and lighting, an upper bound for any pipeline built on this decode;
+    its resize and lighting draw, an upper bound for any pipeline built on this decode;
   * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
-    crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size.
+    crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size;
+  * plain decode, 256 and train pipeline, 256: the same two on the same images stored at shorter
+    side 256, as the paper stored ImageNet (§2): a training window is then the crop, nothing is
+    resized. Their ratio is to the decode of those files; a last line compares the pipeline on
+    them with the decode of the 500x375 files.
 All run tf.data parallel maps over the same cores. The per-core rate is images per second of CPU
 time the process used (all threads), which holds up on a machine shared with other work; wall-clock
 images/s are printed too. Each of --rounds rounds measures every row in turn; a row's ratio to the
-plain decode is taken within each round, and the medians over rounds are printed. The goal is train >= 0.9x plain decode per core: the augmentation should
-cost no more than the decode it saves.
+plain decode is taken within each round, and the medians over rounds are printed. The goal is
+train >= 0.9x plain decode per core: the augmentation should cost no more than the decode it saves.
 
-The last steps (lighting shift, mean, std) run inside the jitted train step (alexnet_jax/pixels.py)
-and are not part of this measure; bench/step_inputs.py shows what they add to a step.
+The last steps (mirroring, lighting shift, mean, std) run inside the jitted train step
+(alexnet_jax/pixels.py) and are not part of this measure; bench/step_inputs.py shows what they add
+to a step.
 """
 
 import dataclasses
@@ -57,16 +62,24 @@ def photo_like_image(rng: np.random.Generator, height: int, width: int) -> np.nd
   return np.clip(np.asarray(smooth, np.float32) + noise, 0, 255).astype(np.uint8)
 
 
-def write_images(root: str, num_images: int) -> list[str]:
-  """ROOT/train/class_k/*.JPEG and ROOT/val/class_0/: an ImageNet-like folder dataset."""
+def write_images(root: str, num_images: int, shorter_side: int | None = None) -> list[str]:
+  """ROOT/train/class_k/*.JPEG and ROOT/val/class_0/: an ImageNet-like folder dataset.
+
+  With `shorter_side`, each image is first downsampled (PIL, antialiased) so that its shorter side
+  has that length, as the paper stored ImageNet (§2): the same content in fewer pixels.
+  """
   rng = np.random.default_rng(0)
   paths = []
   for i in range(num_images):
     directory = os.path.join(root, 'train', f'class_{i % 8}')
     os.makedirs(directory, exist_ok=True)
     height, width = (375, 500) if i % 4 else (500, 375)
+    image = Image.fromarray(photo_like_image(rng, height, width))
+    if shorter_side:
+      scale = shorter_side / min(height, width)
+      image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
     paths.append(os.path.join(directory, f'{i:06d}.JPEG'))
-    Image.fromarray(photo_like_image(rng, height, width)).save(paths[-1], quality=90)
+    image.save(paths[-1], quality=90)
   os.makedirs(os.path.join(root, 'val', 'class_0'), exist_ok=True)
   return paths
 
@@ -131,12 +144,20 @@ def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
   return _rate(batches, batch_size, num_batches)
 
 
-def measure(root: str, paths: list[str], cores: int, batch_size: int, num_batches: int
-            ) -> dict[str, Rate]:
-  """One round: every stage and the training pipeline, each with a fresh iterator, in turn."""
-  rates = {name: map_rate(paths, per_image, cores, batch_size, num_batches)
+# The paper's storage (§2): the same images at shorter side 256, so a training window is the crop.
+STORED_SIZE = 256
+STORED_ROWS = (f'plain decode, {STORED_SIZE}', f'train pipeline, {STORED_SIZE}')
+
+
+def measure(roots: dict[str, str], paths: dict[str, list[str]], cores: int, batch_size: int,
+            num_batches: int) -> dict[str, Rate]:
+  """One round: every row, each with a fresh iterator, in turn. `roots` and `paths` have the
+  datasets 'original' and 'stored'."""
+  rates = {name: map_rate(paths['original'], per_image, cores, batch_size, num_batches)
            for name, per_image in STAGES.items()}
-  rates['train pipeline'] = train_rate(root, batch_size, num_batches)
+  rates['train pipeline'] = train_rate(roots['original'], batch_size, num_batches)
+  rates[STORED_ROWS[0]] = map_rate(paths['stored'], full_decode, cores, batch_size, num_batches)
+  rates[STORED_ROWS[1]] = train_rate(roots['stored'], batch_size, num_batches)
   return rates
 
 
@@ -144,23 +165,31 @@ def main(argv):
   del argv
   cores = _CORES.value or len(os.sched_getaffinity(0))
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
-  with tempfile.TemporaryDirectory() as root:
-    paths = write_images(root, _NUM_IMAGES.value)
-    kilobytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e3
-    num_batches = max(1, _PASSES.value * len(paths) // _BATCH_SIZE.value)
-    rounds = [measure(root, paths, cores, _BATCH_SIZE.value, num_batches)
+  with tempfile.TemporaryDirectory() as tmp:
+    roots = {'original': os.path.join(tmp, 'original'), 'stored': os.path.join(tmp, 'stored')}
+    paths = {'original': write_images(roots['original'], _NUM_IMAGES.value),
+             'stored': write_images(roots['stored'], _NUM_IMAGES.value, STORED_SIZE)}
+    kilobytes = {k: sum(map(os.path.getsize, v)) / len(v) / 1e3 for k, v in paths.items()}
+    num_batches = max(1, _PASSES.value * _NUM_IMAGES.value // _BATCH_SIZE.value)
+    rounds = [measure(roots, paths, cores, _BATCH_SIZE.value, num_batches)
               for _ in range(_ROUNDS.value)]
-  print(f'{len(paths)} JPEGs, 500x375 / 375x500, quality 90, {kilobytes:.0f} KB average; '
-        f'{cores} core(s), TensorFlow {tf.__version__}; medians of {len(rounds)} round(s)')
+  print(f'{_NUM_IMAGES.value} JPEGs, 500x375 / 375x500, quality 90, {kilobytes["original"]:.0f} KB '
+        f'average (", {STORED_SIZE}" rows: the same images stored at {STORED_SIZE}x341 / '
+        f'341x{STORED_SIZE}, {kilobytes["stored"]:.0f} KB); {cores} core(s), TensorFlow '
+        f'{tf.__version__}; medians of {len(rounds)} round(s)')
   print(f'{"":20s} {"images/s (wall)":>16s} {"per core":>10s} {"/ decode":>9s}')
-  # A stage's ratio to the decode is taken within each round (the two measured minutes apart at
-  # most, under the same load), then the median over rounds.
-  ratios = {name: [r[name].images_per_cpu_second / r['plain decode'].images_per_cpu_second
+  # A row's ratio to the plain decode of the same files is taken within each round (the two measured
+  # a minute apart at most, under the same load), then the median over rounds.
+  ratios = {name: [r[name].images_per_cpu_second /
+                   r[STORED_ROWS[0] if name in STORED_ROWS else 'plain decode'].images_per_cpu_second
                    for r in rounds] for name in rounds[0]}
   for name in rounds[0]:
     wall = np.median([r[name].images_per_second for r in rounds])
     per_core = np.median([r[name].images_per_cpu_second for r in rounds])
     print(f'{name:20s} {wall:16.1f} {per_core:10.1f} {np.median(ratios[name]):8.2f}x')
+  stored_speedup = [r[STORED_ROWS[1]].images_per_cpu_second /
+                    r['plain decode'].images_per_cpu_second for r in rounds]
+  print(f'stored at {STORED_SIZE}: train / 500x375 decode per core: {np.median(stored_speedup):.2f}x')
   train = ratios['train pipeline']
   print(f'train / decode per core: {np.median(train):.2f}x '
         f'(rounds: {", ".join(f"{r:.2f}" for r in train)})')

@@ -570,6 +570,17 @@ def get_dataset_info(config: ml_collections.ConfigDict):
       class_names=tuple(label.names))
 
 
+def split_examples(config: ml_collections.ConfigDict, split: str) -> tf.data.Dataset:
+  """Every example of `split` once, in order: {'encoded': image bytes, 'label': int64, 'index': int64}.
+
+  Folder datasets leave out the images that cannot be decoded, as training does.
+  """
+  shard = _shard(config, split, process_index=0, process_count=1)
+  return shard.examples(0, shard.size).map(
+      lambda ex: {'encoded': _encoded(ex), 'label': ex['label'], 'index': ex['index']},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _epoch_windows(shard: _Shard, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
   """Epoch `epoch`'s blocks in a (seed, epoch)-random order, grouped into windows."""
   order = np.random.default_rng([seed, epoch]).permutation(len(shard.blocks))

@@ -10,6 +10,12 @@ default, ~/tensorflow_datasets, if unset): about 150 GB, a few hours on one mach
 reads them with `--config.data_dir` set to the same --data_dir.
 
 Other TFDS datasets (e.g. --dataset=imagenette/320px-v2) are downloaded and built the same way.
+
+  python -m alexnet_jax.prepare --dataset=imagenet2012 --data_dir=... --downsample_to=DIR [--shorter_side=256]
+
+also writes (after building, if needed) a copy with every image at shorter side 256, as the paper
+stored ImageNet (§2), for training with --config.dataset=folder:DIR: the input pipeline then resizes
+nothing and decodes smaller files (alexnet_jax/downsample.py). --dataset=folder:/path works too.
 """
 
 import os
@@ -23,6 +29,9 @@ tf.config.set_visible_devices([], 'GPU')  # preparing needs no accelerator
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from alexnet_jax import downsample  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 _DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'TFDS name of the dataset to build.')
@@ -30,6 +39,10 @@ _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files).')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'TFDS data dir to write to; the same as config.data_dir when training.')
+_DOWNSAMPLE_TO = flags.DEFINE_string(
+    'downsample_to', None, 'Also write a folder dataset here with every image at --shorter_side '
+    '(the paper\'s §2 storage); train on it with --config.dataset=folder:DIR.')
+_SHORTER_SIDE = flags.DEFINE_integer('shorter_side', 256, 'Shorter side of the downsampled copy.')
 
 
 def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None = None
@@ -68,7 +81,14 @@ def _check_imagenet_tars(manual_dir: str | None) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  prepare(_DATASET.value, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
+  dataset = _DATASET.value
+  if not (_DOWNSAMPLE_TO.value and dataset.startswith('folder:')):
+    prepare(dataset, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
+  if _DOWNSAMPLE_TO.value:
+    config = default.get_config()
+    config.dataset, config.data_dir = dataset, _DATA_DIR.value
+    downsample.downsample(config, _DOWNSAMPLE_TO.value, shorter_side=_SHORTER_SIDE.value)
+    logging.info('train on the copy with --config.dataset=folder:%s', _DOWNSAMPLE_TO.value)
 
 
 if __name__ == '__main__':

@@ -1,13 +1,15 @@
 """`prepare` builds imagenet2012 with the real TFDS builder from a miniature of the ILSVRC2012 tar files,
-and the pipeline reads the result: shards, resumption, evaluation."""
+and the pipeline reads the result: shards, resumption, evaluation; `downsample` copies it at a shorter side."""
 
 import io
+import os
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from alexnet_jax import downsample
 from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from configs import default
@@ -120,3 +122,44 @@ def test_resume_on_record_files_matches_the_uninterrupted_stream(prepared, monke
     resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
     for step in range(start, start + 3):
       np.testing.assert_array_equal(next(resumed)['image'], uninterrupted[step]['image'])
+
+
+def test_downsampled_copy_keeps_every_image_and_label_at_the_shorter_side(prepared, tmp_path):
+  config = _config(prepared[1])
+  out = str(tmp_path / 'imagenet32')
+  assert downsample.downsample(config, out, shorter_side=32) == {'train': 9, 'validation': 5}
+  names = input_pipeline.get_dataset_info(config).class_names  # synset ids, sorted: kept as they are
+  for split, folder in (('train', 'train'), ('validation', 'val')):
+    for ex in tfds.as_numpy(input_pipeline.split_examples(config, split)):
+      copy = Image.open(os.path.join(out, folder, names[ex['label']], f'{ex["index"]:08d}.JPEG'))
+      original = Image.open(io.BytesIO(ex['encoded'])).convert('RGB')
+      assert min(copy.size) == 32 and copy.format == 'JPEG'
+      assert abs(copy.size[0] / copy.size[1] - original.size[0] / original.size[1]) < 0.05
+      # The same picture, smaller: close to PIL's own antialiased resize, far from another image's.
+      expected = np.asarray(original.resize(copy.size, Image.BILINEAR), np.float32)
+      error = np.abs(np.asarray(copy, np.float32) - expected).mean()
+      assert error < 6, error
+      other = np.asarray(original.transpose(Image.ROTATE_180).resize(copy.size, Image.BILINEAR))
+      assert np.abs(np.asarray(copy, np.float32) - other).mean() > 3 * error
+  # Read back as a folder dataset: the same classes and labels, and the windows need no resize.
+  folder = _config(None, dataset=f'folder:{out}', resize_size=32, image_size=28)
+  info = input_pipeline.get_dataset_info(folder)
+  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 9, 5)
+  assert info.class_names == names
+  batch = next(input_pipeline.train_batches(folder, start_step=0, local_batch_size=9,
+                                            process_index=0, process_count=1))
+  train_labels = [ex['label'] for ex in tfds.as_numpy(input_pipeline.split_examples(config, 'train'))]
+  assert sorted(batch['label']) == sorted(train_labels)
+  with pytest.raises(FileExistsError, match='is not empty'):
+    downsample.downsample(config, out, shorter_side=32)
+
+
+def test_images_already_small_enough_are_copied_byte_for_byte(prepared, tmp_path):
+  config = _config(prepared[1])
+  downsample.downsample(config, str(tmp_path), shorter_side=40, splits=('validation',))
+  names = input_pipeline.get_dataset_info(config).class_names
+  for ex in tfds.as_numpy(input_pipeline.split_examples(config, 'validation')):
+    path = tmp_path / 'val' / names[ex['label']] / f'{ex["index"]:08d}.JPEG'
+    assert path.read_bytes() == ex['encoded']
+  with pytest.raises(ValueError, match='whole splits only'):
+    downsample.downsample(config, str(tmp_path / 'x'), splits=('train[:5]',))

@@ -1,0 +1,59 @@
+"""`prepare --downsample_to` on a folder dataset, and the class folder names of a copy.
+
+The TFDS path (a copy of the miniature ImageNet that `prepare` builds) is in tests/test_prepare.py.
+"""
+
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from alexnet_jax import downsample
+from alexnet_jax import input_pipeline
+from configs import default
+import input_images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_class_dirs_sort_back_into_label_order():
+  assert downsample.class_dirs(['n01', 'n02', 'n10']) == ['n01', 'n02', 'n10']
+  assert downsample.class_dirs(['dog', 'cat']) == ['0_dog', '1_cat']
+  names = [str(label) for label in range(12)]  # '10' sorts before '2'
+  folders = downsample.class_dirs(names)
+  assert folders[2] == '02_2' and sorted(folders) == folders
+  assert downsample.class_dirs(['a/b', 'c']) == ['a_b', 'c']
+
+
+def test_prepare_downsamples_a_folder_dataset(tmp_path):
+  source = input_images.write_folder_dataset(str(tmp_path / 'source'), size=(48, 64))
+  out = tmp_path / 'copy'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.prepare', f'--dataset=folder:{source}',
+       f'--downsample_to={out}', '--shorter_side=40'], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  files = sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file())
+  assert len(files) == 3 * (6 + 2)
+  assert all(f.split('/')[0] in ('train', 'val') and f.endswith('.JPEG') for f in files)
+  for f in files:
+    with Image.open(out / f) as image:
+      assert min(image.size) == 40 and max(image.size) == 53  # 64 * 40 / 48, rounded
+  config = default.get_config()
+  config.dataset = f'folder:{out}'
+  info = input_pipeline.get_dataset_info(config)
+  assert info.class_names == ('class_0', 'class_1', 'class_2')
+  assert (info.num_train_examples, info.num_eval_examples) == (18, 6)
+
+
+def test_a_png_small_enough_stays_a_png(tmp_path):
+  source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
+  config = default.get_config()
+  config.dataset = f'folder:{source}'
+  out = tmp_path / 'copy'
+  assert downsample.downsample(config, str(out), shorter_side=48) == {'train': 6, 'validation': 2}
+  pngs = list(out.rglob('*.png'))
+  assert len(pngs) == 1  # the one PNG of the training split, its bytes as they were
+  originals = {p.read_bytes() for p in (tmp_path / 'source' / 'train').rglob('*.png')}
+  assert pngs[0].read_bytes() in originals

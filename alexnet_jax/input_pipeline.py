@@ -25,10 +25,10 @@ Evaluation images: resize the shorter side to `resize_size`, then the center cro
 Output: uint8 pixels. The flip, the lighting shift, the mean and the std are applied to every pixel
 on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
 send, and no pass over the pixels on the host beyond the decode and the resize (docs/benchmarks.md,
-"Input pipeline"). With the defaults
-(`subtract_mean` and `divide_std`) the network sees (x + shift - mean) / std per channel, roughly
-zero-mean, unit-variance inputs (what He initialization assumes); with `divide_std=False` it sees
-the 0..255 scale minus the mean, as in the paper.
+"Input pipeline"). With the defaults (`subtract_mean` and `divide_std`) the network sees
+(x + shift - mean) / std per channel, roughly zero-mean, unit-variance inputs (what He
+initialization assumes); with `divide_std=False` it sees the 0..255 scale minus the mean, as in the
+paper.
 
 Determinism and resumption: each process reads its own contiguous 1/process_count of every split.
 Its training stream is an endless sequence of epochs; epoch e visits the shard in an order that is a

@@ -12,6 +12,8 @@ files, with TensorFlow's libjpeg-turbo throughout:
     its resize and lighting draw, an upper bound for any pipeline built on this decode;
   * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
     crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size;
+  * eval, 1 crop(s) and eval, 10 crop(s): `input_pipeline.eval_batches` (full decode, resize to
+    shorter side 256, the center crop or the ten crops of §4.1), per image;
   * plain decode, 256 and train pipeline, 256: the same two on the same images stored at shorter
     side 256, as the paper stored ImageNet (§2): a training window is then the crop, nothing is
     resized. Their ratio is to the decode of those files; a last line compares the pipeline on
@@ -29,6 +31,7 @@ to a step.
 
 import dataclasses
 import functools
+import itertools
 import os
 import tempfile
 import time
@@ -36,6 +39,7 @@ from collections.abc import Callable
 
 from absl import app
 from absl import flags
+import ml_collections
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -135,13 +139,29 @@ STAGES = {
 }
 
 
-def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
+def _folder_config(root: str, eval_crops: int = 1) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.dataset = f'folder:{root}'
-  config.eval_split = 'train'
-  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=batch_size,
-                                         process_index=0, process_count=1)
+  config.eval_split = 'train'  # the files written, evaluated too
+  config.eval_crops = eval_crops
+  return config
+
+
+def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
+  batches = input_pipeline.train_batches(_folder_config(root), start_step=0,
+                                         local_batch_size=batch_size, process_index=0,
+                                         process_count=1)
   return _rate(batches, batch_size, num_batches)
+
+
+def eval_rate(root: str, eval_crops: int, batch_size: int, num_batches: int) -> Rate:
+  """The evaluation pipeline (full decode, resize to 256, `eval_crops` crops) over the files,
+  repeated: one pass after another, as many batches as the training rows time."""
+  config = _folder_config(root, eval_crops)
+  passes = itertools.chain.from_iterable(
+      input_pipeline.eval_batches(config, local_batch_size=batch_size, process_index=0,
+                                  process_count=1) for _ in itertools.count())
+  return _rate(passes, batch_size, num_batches)
 
 
 # The paper's storage (§2): the same images at shorter side 256, so a training window is the crop.
@@ -156,6 +176,8 @@ def measure(roots: dict[str, str], paths: dict[str, list[str]], cores: int, batc
   rates = {name: map_rate(paths['original'], per_image, cores, batch_size, num_batches)
            for name, per_image in STAGES.items()}
   rates['train pipeline'] = train_rate(roots['original'], batch_size, num_batches)
+  for crops in (1, 10):
+    rates[f'eval, {crops} crop(s)'] = eval_rate(roots['original'], crops, batch_size, num_batches)
   rates[STORED_ROWS[0]] = map_rate(paths['stored'], full_decode, cores, batch_size, num_batches)
   rates[STORED_ROWS[1]] = train_rate(roots['stored'], batch_size, num_batches)
   return rates

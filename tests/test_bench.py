@@ -70,7 +70,7 @@ def test_input_benchmark_runs_and_reports_every_rate():
   assert lines[0].startswith('16 JPEGs, 500x375 / 375x500, quality 90')
   assert lines[0].endswith('medians of 2 round(s)')
   names = ('plain decode', 'window decode', 'window, no resize', 'train pipeline',
-           'plain decode, 256', 'train pipeline, 256')
+           'eval, 1 crop(s)', 'eval, 10 crop(s)', 'plain decode, 256', 'train pipeline, 256')
   rates = {line[:20].strip(): line[20:].split() for line in lines[2:2 + len(names)]}
   assert list(rates) == list(names)
   assert all(len(v) == 3 and min(float(v[0]), float(v[1])) > 0 for v in rates.values())

@@ -139,6 +139,25 @@ def test_preprocess_train_switches():
   assert all(np.abs(example['rgb_shift']).max() > 0 for example in examples)
 
 
+@pytest.mark.parametrize('height,width', [(375, 500), (500, 375)])
+def test_eval_center_crop_matches_resize_then_crop(height, width):
+  # The window decode and resize of the center crop against the whole image resized to shorter side
+  # 256 and then cropped: the same picture, up to the window's rounding to whole source pixels (a
+  # shift below half a source pixel) and the interpolation at the crop's border. On smooth content
+  # such a shift moves pixels by about a grey level.
+  y, x = np.mgrid[0:height, 0:width] / 40.0
+  array = np.stack([np.sin(y) * np.cos(x), np.sin(x + y), np.cos(0.7 * y - x)], axis=-1)
+  array = np.round(127.5 + 120 * array).astype(np.uint8)
+  encoded = tf.constant(input_images.encode(array, 'PNG'))
+  config = default.get_config()
+  crop = input_pipeline.preprocess_eval(encoded, config).numpy().astype(np.float32)
+  whole = input_pipeline.resize_shorter_side(tf.constant(array), 256)
+  expected = input_pipeline.center_crop_image(whole, 227).numpy().astype(np.float32)
+  assert crop.shape == expected.shape == (227, 227, 3)
+  error = np.abs(crop - expected)
+  assert error.mean() < 2 and np.median(error) <= 1, (error.mean(), np.median(error))
+
+
 def test_preprocess_eval_shapes():
   config = default.get_config()
   config.resize_size, config.image_size = 40, 32

@@ -14,9 +14,10 @@ DIR/val/<class>/..., every class folder present in both. Class folders carry the
 names (ImageNet's synset ids), prefixed with the label (`0007_name`) where sorting the names would not
 give back the label order, so labels keep their numbers. Images whose shorter side is larger than
 `shorter_side` are resized (bilinear with antialiasing: offline, quality is cheap) and stored as JPEG
-at `quality`; the others are copied byte for byte (a PNG stays a .png). The whole image is kept, not
-the paper's central 256x256 square, so that the training crops are drawn from the same region as
-from the original files; training on the copy changes where the pixels come from, not the recipe.
+at `quality`; smaller JPEGs and PNGs are copied byte for byte (a PNG stays a .png), other formats
+become PNGs. The whole image is kept, not the paper's central 256x256 square, so that the training
+crops are drawn from the same region as from the original files; training on the copy changes where
+the pixels come from, not the recipe.
 """
 
 from collections.abc import Sequence
@@ -42,8 +43,12 @@ def class_dirs(names: Sequence[str]) -> list[str]:
   return [f'{label:0{width}d}_{name}' for label, name in enumerate(safe)]
 
 
-def _downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """(file bytes, whether they are a JPEG) of the image at shorter side at most `shorter_side`."""
+def downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(file bytes, whether they are a JPEG, else a PNG) of the image at shorter side <= `shorter_side`.
+
+  Larger images are resized and stored as JPEG; smaller JPEGs and PNGs keep their bytes; smaller
+  images in other formats (BMP, GIF) become PNGs, losslessly.
+  """
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
 
@@ -54,8 +59,13 @@ def _downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[t
     pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 255)), tf.uint8)
     return tf.io.encode_jpeg(pixels, quality=quality), tf.constant(True)
 
-  return tf.cond(tf.reduce_min(shape) > shorter_side, resized,
-                 lambda: (encoded, tf.io.is_jpeg(encoded)))
+  def kept():
+    is_jpeg = tf.io.is_jpeg(encoded)
+    is_png = tf.strings.substr(encoded, 0, 8) == b'\x89PNG\r\n\x1a\n'
+    return tf.cond(is_jpeg | is_png, lambda: (encoded, is_jpeg),
+                   lambda: (tf.io.encode_png(image), tf.constant(False)))
+
+  return tf.cond(tf.reduce_min(shape) > shorter_side, resized, kept)
 
 
 def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side: int = 256,
@@ -72,14 +82,17 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     if os.path.isdir(split_dir) and os.listdir(split_dir):
       raise FileExistsError(f'{split_dir} is not empty: remove it, or downsample to another folder.')
-  folders = class_dirs(input_pipeline.get_dataset_info(config).class_names)
+  # Class names belong to the dataset, not a split: read them through the training split alone.
+  info_config = config.copy_and_resolve_references()
+  info_config.eval_split = config.train_split
+  folders = class_dirs(input_pipeline.get_dataset_info(info_config).class_names)
   counts = {}
   for split in splits:
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(split_dir, folder), exist_ok=True)
     images = input_pipeline.split_examples(config, split).map(
-        lambda ex: (ex['label'], ex['index'], *_downsampled(ex['encoded'], shorter_side, quality)),
+        lambda ex: (ex['label'], ex['index'], *downsampled(ex['encoded'], shorter_side, quality)),
         num_parallel_calls=tf.data.AUTOTUNE)
     count = 0
     for label, index, data, is_jpeg in tfds.as_numpy(images.prefetch(tf.data.AUTOTUNE)):

@@ -43,6 +43,7 @@ _DOWNSAMPLE_TO = flags.DEFINE_string(
     'downsample_to', None, 'Also write a folder dataset here with every image at --shorter_side '
     '(the paper\'s §2 storage); train on it with --config.dataset=folder:DIR.')
 _SHORTER_SIDE = flags.DEFINE_integer('shorter_side', 256, 'Shorter side of the downsampled copy.')
+_SPLITS = flags.DEFINE_list('splits', ['train', 'validation'], 'Splits the downsampled copy holds.')
 
 
 def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None = None
@@ -87,7 +88,8 @@ def main(argv):
   if _DOWNSAMPLE_TO.value:
     config = default.get_config()
     config.dataset, config.data_dir = dataset, _DATA_DIR.value
-    downsample.downsample(config, _DOWNSAMPLE_TO.value, shorter_side=_SHORTER_SIDE.value)
+    downsample.downsample(config, _DOWNSAMPLE_TO.value, shorter_side=_SHORTER_SIDE.value,
+                          splits=_SPLITS.value)
     logging.info('train on the copy with --config.dataset=folder:%s', _DOWNSAMPLE_TO.value)
 
 

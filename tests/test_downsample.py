@@ -3,11 +3,14 @@
 The TFDS path (a copy of the miniature ImageNet that `prepare` builds) is in tests/test_prepare.py.
 """
 
+import io
 import os
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
+import tensorflow as tf
 
 from alexnet_jax import downsample
 from alexnet_jax import input_pipeline
@@ -57,3 +60,18 @@ def test_a_png_small_enough_stays_a_png(tmp_path):
   assert len(pngs) == 1  # the one PNG of the training split, its bytes as they were
   originals = {p.read_bytes() for p in (tmp_path / 'source' / 'train').rglob('*.png')}
   assert pngs[0].read_bytes() in originals
+
+
+def test_small_images_keep_their_bytes_and_other_formats_become_pngs():
+  array = input_images.image_array(np.random.default_rng(3), 20, 30)
+  for image_format, kept, is_jpeg in (('JPEG', True, True), ('PNG', True, False),
+                                      ('BMP', False, False)):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, image_format)
+    data, jpeg = downsample.downsampled(tf.constant(buffer.getvalue()), 24, 95)
+    assert bool(jpeg) == is_jpeg
+    assert (data.numpy() == buffer.getvalue()) == kept
+    if not kept:  # lossless
+      np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data.numpy()))), array)
+  data, jpeg = downsample.downsampled(tf.constant(input_images.encode(array, 'PNG')), 10, 95)
+  assert bool(jpeg) and Image.open(io.BytesIO(data.numpy())).size == (15, 10)

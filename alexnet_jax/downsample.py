@@ -50,13 +50,9 @@ def downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[tf
   images in other formats (BMP, GIF) become PNGs, losslessly.
   """
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
 
   def resized():
-    size = tf.cast(tf.round(shape * shorter_side / tf.reduce_min(shape)), tf.int32)
-    pixels = tf.image.resize(tf.cast(image, tf.float32), tf.maximum(size, shorter_side),
-                             method='bilinear', antialias=True)
-    pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 255)), tf.uint8)
+    pixels = input_pipeline.resize_shorter_side(image, shorter_side, antialias=True)
     return tf.io.encode_jpeg(pixels, quality=quality), tf.constant(True)
 
   def kept():
@@ -65,7 +61,7 @@ def downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[tf
     return tf.cond(is_jpeg | is_png, lambda: (encoded, is_jpeg),
                    lambda: (tf.io.encode_png(image), tf.constant(False)))
 
-  return tf.cond(tf.reduce_min(shape) > shorter_side, resized, kept)
+  return tf.cond(tf.reduce_min(tf.shape(image)[:2]) > shorter_side, resized, kept)
 
 
 def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side: int = 256,

@@ -177,11 +177,12 @@ def lighting_shift(key: tf.Tensor, alpha_std: float) -> tf.Tensor:
   return tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
 
 
-def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Resizes uint8 [H, W, 3] so that min(H, W) == size: uint8."""
+def resize_shorter_side(image: tf.Tensor, size: int, *, antialias: bool = False) -> tf.Tensor:
+  """Resizes uint8 [H, W, 3] so that min(H, W) == size: uint8. `antialias` widens the bilinear
+  filter when shrinking (for offline copies, `downsample`; the pipeline's own resizes do not)."""
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   new_shape = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
-  return _resize(image, tf.maximum(new_shape, size))
+  return _resize(image, tf.maximum(new_shape, size), antialias=antialias)
 
 
 def center_crop_image(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -201,7 +202,7 @@ def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
-def _resize(image: tf.Tensor, shape) -> tf.Tensor:
+def _resize(image: tf.Tensor, shape, *, antialias: bool = False) -> tf.Tensor:
   """Bilinear resize of uint8 [h, w, 3] to `shape`, rounded back to uint8.
 
   Images leave the pipeline as uint8 (a quarter of float32's bytes to batch and to send to the
@@ -217,7 +218,7 @@ def _resize(image: tf.Tensor, shape) -> tf.Tensor:
       tf.reduce_all(tf.shape(image)[:2] == shape),
       lambda: image,
       lambda: tf.cast(tf.round(tf.image.resize(tf.cast(image, tf.float32), shape,
-                                               method='bilinear')), tf.uint8))
+                                               method='bilinear', antialias=antialias)), tf.uint8))
 
 
 def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict

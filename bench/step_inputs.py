@@ -7,9 +7,8 @@ The TFDS and folder pipelines deliver uint8 pixels, each image's flip bit and it
 train step mirrors the marked images and computes (x + shift - mean) / std (alexnet_jax/pixels.py).
 This compiles the project's step twice on one device (`bench.JaxStep`), once for a float32 batch that
 is the network's input already (what the pipeline delivered before) and once for a uint8 batch with
-its flips and shifts, and times `--steps`
-steps of each, interleaved. Prints the median wall time, CPU time (all threads) and minor page faults
-per step.
+its flips and shifts, and times `--steps` steps of each, interleaved. Prints the median wall time,
+CPU time (all threads) and minor page faults per step.
 """
 
 import argparse

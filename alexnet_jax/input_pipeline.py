@@ -198,7 +198,8 @@ def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
   crops = [image[y:y + size, x:x + size] for y, x in corners] + [center_crop_image(image, size)]
   crops = tf.stack(crops)
-  # tf.reverse, not crops[:, :, ::-1]: the strided slice took 14 ms for the five crops, tf.reverse 1.8.
+  # tf.reverse, not crops[:, :, ::-1]: the strided slice takes ~12 ms for the five crops, tf.reverse
+  # ~1 ms (bench/input_ops.py).
   return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
@@ -211,7 +212,7 @@ def _resize(image: tf.Tensor, shape, *, antialias: bool = False) -> tf.Tensor:
 
   The window is cast to float32 before the resize: TensorFlow's bilinear kernel gives the same
   values for uint8 and float32 input, but its float32 path is faster, by more than the cast costs
-  (0.30 against 0.45 ms per 332x332 window; docs/benchmarks.md, "Input pipeline").
+  (0.23-0.30 against 0.38-0.45 ms per 332x332 window, bench/input_ops.py).
   """
   shape = tf.convert_to_tensor(shape, tf.int32)
   return tf.cond(

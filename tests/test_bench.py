@@ -83,3 +83,15 @@ def test_input_benchmark_runs_and_reports_every_rate():
   median, *per_round = map(float, summary.groups())
   assert summary.group(1) + 'x' == rates['train pipeline'][2]
   assert abs(median - sum(per_round) / 2) <= 0.011 and all(r > 0 for r in per_round)
+
+
+def test_input_ops_benchmark_times_every_op():
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'input_ops.py'), '--calls=2'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith('TensorFlow ') and 'median of 3 x 2' in lines[0]
+  assert [line[:45].strip() for line in lines[1:]] == [
+      'resize 332x332 window, uint8 input, round', 'resize 332x332 window, float32 copy, round',
+      'mirror 5 crops, strided slice [:, :, ::-1]', 'mirror 5 crops, tf.reverse']
+  assert all(float(line[45:]) > 0 for line in lines[1:])

@@ -7,7 +7,7 @@ fine noise, ~67 KB each) as a folder dataset, then measures, in the same process
 files, with TensorFlow's libjpeg-turbo throughout:
   * plain decode: read + full `tf.io.decode_jpeg`, nothing else;
   * window decode: read + `decode_and_crop_jpeg` of the window that a random 227 crop of the 256
-    resize covers, as in training, nothing kept;
+    resize covers (in its central square, as in training with the default config), nothing kept;
   * window, no resize: those windows cut to 227x227 (no resampling) and batched: the pipeline less
     its resize and lighting draw, an upper bound for any pipeline built on this decode;
   * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
@@ -128,7 +128,7 @@ def training_window(path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
   """The window of a random 227 crop of the 256 resize (as in training), decoded: uint8 [s, s, 3]."""
   key = tf.stack([tf.constant(0, tf.int64), index])
   window_fn = functools.partial(input_pipeline.random_crop_window, key, resize_size=256,
-                                image_size=227)
+                                image_size=227, center_square=True)
   return input_pipeline.decode_window(tf.io.read_file(path), window_fn)
 
 

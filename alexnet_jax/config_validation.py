@@ -45,6 +45,7 @@ RULES: dict[str, _Rule] = {
     'num_classes': _POSITIVE_INT,
     'image_size': _POSITIVE_INT,
     'resize_size': _POSITIVE_INT,
+    'center_square': _BOOL,
     'eval_crops': _Rule(_INT, lambda v: v in (1, 10), '1 or 10'),
     'cache': _BOOL,
     'strict_data': _BOOL,

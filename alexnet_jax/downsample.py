@@ -15,9 +15,10 @@ names (ImageNet's synset ids), prefixed with the label (`0007_name`) where sorti
 give back the label order, so labels keep their numbers. Images whose shorter side is larger than
 `shorter_side` are resized (bilinear with antialiasing: offline, quality is cheap) and stored as JPEG
 at `quality`; smaller JPEGs and PNGs are copied byte for byte (a PNG stays a .png), other formats
-become PNGs. The whole image is kept, not the paper's central 256x256 square, so that the training
-crops are drawn from the same region as from the original files; training on the copy changes where
-the pixels come from, not the recipe.
+become PNGs. The whole image is kept, not the paper's central 256x256 square: the pipeline takes that
+square itself (`config.center_square`), so training crops are drawn from the same region as from the
+original files, with either setting; training on the copy changes where the pixels come from, not the
+recipe.
 """
 
 from collections.abc import Sequence

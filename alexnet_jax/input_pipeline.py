@@ -8,7 +8,9 @@ Sources (`config.dataset`):
 
 Training images (each step a switch in `config.augment`):
   1. crop: a random `image_size` square of the image resized so that its shorter side is
-     `resize_size` (227 of 256, §4.1). The window is chosen in resized coordinates, mapped back to the
+     `resize_size` (227 of 256, §4.1), placed in the central `resize_size` square of it when
+     `config.center_square` is set (default): the paper stored ImageNet as those 256x256 squares
+     (§2) and drew its crops from them; unset, anywhere in the whole resized image. The window is chosen in resized coordinates, mapped back to the
      original image, and only that window is decoded (`tf.io.decode_and_crop_jpeg`) and then resized
      to `image_size`. This is resize-then-crop up to rounding the window to whole source pixels and
      the interpolation at its borders, and it skips most of the decode. Without `random_crop`: the
@@ -20,8 +22,8 @@ Training images (each step a switch in `config.augment`):
      delivered with the image as 'rgb_shift'.
   4. subtract_mean, then (`divide_std`) a division by the per-channel standard deviation.
 Evaluation images: the center crop, taken like the training center crop above (window decoded,
-then resized), or, with `eval_crops=10`, the whole image resized to shorter side `resize_size` and its
-four corner and center crops and their mirror images (§4.1).
+then resized), or, with `eval_crops=10`, the image resized to shorter side `resize_size` (its central
+square with `center_square`) and its four corner and center crops and their mirror images (§4.1).
 
 Output: uint8 pixels. The flip, the lighting shift, the mean and the std are applied to every pixel
 on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
@@ -108,13 +110,23 @@ def _crop_size(height: tf.Tensor, width: tf.Tensor, resize_size: int, image_size
 
 
 def random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
-                       image_size: int) -> tf.Tensor:
-  """[y, x, size, size] in source pixels of a uniformly placed `image_size` crop of the resized image."""
+                       image_size: int, center_square: bool = False) -> tf.Tensor:
+  """[y, x, size, size] in source pixels of a uniformly placed `image_size` crop of the resized image.
+
+  With `center_square`, the crop lies in the central square of the resized image, the
+  `resize_size` x `resize_size` image the paper stored and drew its crops from (§2, §4.1); in source
+  pixels that square is the central shorter-side x shorter-side square.
+  """
   size = _crop_size(height, width, resize_size, image_size)
+  corner = tf.zeros([2], tf.int32)  # of the region the crop is drawn from
+  if center_square:
+    shorter = tf.minimum(height, width)
+    corner = tf.stack([height - shorter, width - shorter]) // 2
+    height = width = shorter
   room = tf.stack([height - size, width - size]) + 1  # possible offsets per axis
   uniform = tf.random.stateless_uniform([2], seed=key)
   offset = tf.minimum(tf.cast(uniform * tf.cast(room, tf.float32), tf.int32), room - 1)
-  return tf.concat([offset, tf.stack([size, size])], axis=0)
+  return tf.concat([corner + offset, tf.stack([size, size])], axis=0)
 
 
 def center_crop_window(height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
@@ -143,11 +155,12 @@ def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor]
   return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
-def random_crop(key: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int
-                ) -> tf.Tensor:
-  """A random `image_size` crop of the image resized to shorter side `resize_size`: uint8."""
+def random_crop(key: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int,
+                center_square: bool = False) -> tf.Tensor:
+  """A random `image_size` crop of the image resized to shorter side `resize_size` (of its central
+  square with `center_square`, see `random_crop_window`): uint8."""
   window_fn = functools.partial(random_crop_window, key, resize_size=resize_size,
-                                image_size=image_size)
+                                image_size=image_size, center_square=center_square)
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
 
@@ -232,7 +245,7 @@ def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.
   crop_key, flip_key, lighting_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
   if augment.random_crop:
-    image = random_crop(crop_key, encoded, **sizes)
+    image = random_crop(crop_key, encoded, center_square=config.center_square, **sizes)
   else:
     image = center_crop(encoded, **sizes)
   mirror = random_flip(flip_key) if augment.flip else tf.constant(False)
@@ -250,13 +263,18 @@ def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf
   The center crop is decoded and resized as a window, like a training image without `random_crop`
   (the same function): 40% fewer pixels to compute than resizing the whole image to shorter side
   256, and no IDCT or color conversion outside the window. It matches resize-then-crop up to the
-  interpolation at the crop's border (tested). The ten crops need the whole resized image.
+  interpolation at the crop's border (tested); it is the same crop with or without
+  `center_square`. The ten crops are cut from the whole resized image, or from its central
+  `resize_size` square with `center_square`: the paper's 256x256 images (§2).
   """
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
   if config.eval_crops != 10:
     return center_crop(encoded, **sizes)
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  return ten_crop(resize_shorter_side(image, config.resize_size), config.image_size)
+  image = resize_shorter_side(tf.io.decode_image(encoded, channels=3, expand_animations=False),
+                              config.resize_size)
+  if config.center_square:  # the corners of the paper's 256x256 image (§2, §4.1)
+    image = center_crop_image(image, config.resize_size)
+  return ten_crop(image, config.image_size)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_classes = 1000
   config.image_size = 227  # crop fed to the network (§3.5 says 224; its arithmetic needs 227)
   config.resize_size = 256  # shorter side before cropping (§2)
+  # Crops come from the central resize_size square of the resized image, the 256x256 images the
+  # paper trained and tested on (§2, §4.1); False: from anywhere in the whole resized image.
+  config.center_square = True
   config.augment = get_augment_config()
   config.eval_crops = 1  # 1 = center crop; 10 = corners + center and their mirrors (§4.1)
   config.cache = False  # keep this process's encoded images in memory (small datasets only; saves reads, not decodes)

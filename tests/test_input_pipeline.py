@@ -44,6 +44,35 @@ def test_random_crop_window_lies_inside_the_image(height, width):
     assert len(set(longer_offsets.tolist())) > 10
 
 
+@pytest.mark.parametrize('height,width', [(375, 500), (500, 375), (256, 256)])
+def test_center_square_crop_window_lies_inside_the_central_square(height, width):
+  # The paper's crops come from the central 256x256 square of the resized image (§2, §4.1): in
+  # source pixels, the central shorter-side square.
+  windows = np.array([input_pipeline.random_crop_window(
+      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227,
+      center_square=True).numpy() for key in KEYS])
+  y, x, h, w = windows.T
+  shorter = min(height, width)
+  top, left = (height - shorter) // 2, (width - shorter) // 2
+  np.testing.assert_array_equal(h, round(shorter * 227 / 256))
+  np.testing.assert_array_equal(w, h)
+  assert (y >= top).all() and (x >= left).all()
+  assert (y + h <= top + shorter).all() and (x + w <= left + shorter).all()
+  # Both offsets still spread over the square's room (44 source pixels here), and reach its ends.
+  for offsets, start in ((y, top), (x, left)):
+    assert len(set(offsets.tolist())) > 10
+    assert offsets.min() - start <= 3 and start + shorter - h[0] - offsets.max() <= 3
+  whole = np.array([input_pipeline.random_crop_window(
+      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
+                    for key in KEYS])
+  if height == width:  # the square is the whole image
+    np.testing.assert_array_equal(windows, whole)
+  else:  # without the switch, crops reach beyond the square
+    longer = whole[:, 1] if width > height else whole[:, 0]
+    start = left if width > height else top
+    assert ((longer < start) | (longer + h[0] > start + shorter)).any()
+
+
 def test_center_crop_window_is_centered():
   y, x, h, w = input_pipeline.center_crop_window(
       tf.constant(375), tf.constant(500), resize_size=256, image_size=227).numpy()
@@ -139,6 +168,23 @@ def test_preprocess_train_switches():
   assert all(np.abs(example['rgb_shift']).max() > 0 for example in examples)
 
 
+@pytest.mark.parametrize('center_square', [True, False])
+def test_training_crops_follow_center_square(center_square):
+  # A PNG at shorter side resize_size, so every crop is an exact copy of a 32x32 piece of it.
+  array = input_images.image_array(np.random.default_rng(3), 40, 60)
+  encoded = tf.constant(input_images.encode(array, 'PNG'))
+  config = default.get_config()
+  config.resize_size, config.image_size, config.center_square = 40, 32, center_square
+  lefts = set()
+  for key in KEYS[:12]:
+    crop = input_pipeline.preprocess_train(encoded, key, config)['image'].numpy()
+    lefts |= {x for y in range(9) for x in range(29) if (array[y:y + 32, x:x + 32] == crop).all()}
+  # The central square spans columns 10..49, so crops start at columns 10..18; the whole image
+  # lets them start anywhere in 0..28.
+  assert len(lefts) > 3
+  assert lefts <= set(range(10, 19)) if center_square else not lefts <= set(range(10, 19))
+
+
 @pytest.mark.parametrize('height,width', [(375, 500), (500, 375)])
 def test_eval_center_crop_matches_resize_then_crop(height, width):
   # The window decode and resize of the center crop against the whole image resized to shorter side
@@ -156,6 +202,20 @@ def test_eval_center_crop_matches_resize_then_crop(height, width):
   assert crop.shape == expected.shape == (227, 227, 3)
   error = np.abs(crop - expected)
   assert error.mean() < 2 and np.median(error) <= 1, (error.mean(), np.median(error))
+
+
+@pytest.mark.parametrize('center_square', [True, False])
+def test_ten_crops_come_from_the_central_square_or_the_whole_image(center_square):
+  # A PNG already at shorter side resize_size (nothing is resampled): the ten crops are exact copies.
+  array = input_images.image_array(np.random.default_rng(2), 40, 60)
+  config = default.get_config()
+  config.resize_size, config.image_size, config.eval_crops = 40, 32, 10
+  config.center_square = center_square
+  crops = input_pipeline.preprocess_eval(tf.constant(input_images.encode(array, 'PNG')), config)
+  region = array[:, 10:50] if center_square else array  # the paper's square: 40x40 in the middle
+  np.testing.assert_array_equal(crops, input_pipeline.ten_crop(tf.constant(region), 32))
+  top_right = array[:32, 18:50] if center_square else array[:32, 28:60]
+  np.testing.assert_array_equal(crops[1], top_right)
 
 
 def test_preprocess_eval_shapes():

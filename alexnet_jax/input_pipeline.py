@@ -49,6 +49,8 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import threading
 import weakref
@@ -444,6 +446,64 @@ def _decodable(path: tf.Tensor) -> tf.Tensor:
   return tf.size(image) > 0
 
 
+def _check_record(split_dir: str, paths: Sequence[str]) -> str:
+  """The file that remembers the decode check of `paths`, named by a digest of every file's path,
+  size and modification time: a file added, removed or rewritten makes a new name, so a new check.
+
+  Under $XDG_CACHE_HOME/alexnet_jax/folder_checks (default ~/.cache/...): a shared home directory
+  lets every node of a cluster, and every later run, resume or sweep point, reuse one check.
+  """
+  def stat_all(chunk: Sequence[str]) -> list[tuple[int, int]]:
+    return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, chunk)]
+
+  # Stats in parallel: on a network file system each one can wait on the server.
+  chunks = [paths[i:i + 4096] for i in range(0, len(paths), 4096)]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    stats = [st for chunk in pool.map(stat_all, chunks) for st in chunk]
+  digest = hashlib.sha256(os.path.realpath(split_dir).encode())
+  for path, (size, mtime) in zip(paths, stats):
+    digest.update(f'{path}\0{size}\0{mtime}\n'.encode())
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache_home, 'alexnet_jax', 'folder_checks', f'{digest.hexdigest()}.json')
+
+
+def _undecodable(paths: Sequence[str]) -> list[int]:
+  """Indices of the images that fail to decode: one parallel pass that drops every example whose
+  decode fails; the survivors are the good ones."""
+  checks = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
+  checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
+  checks = checks.ignore_errors().map(lambda ok, i: i)
+  good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
+  return sorted(set(range(len(paths))) - set(good.tolist()))
+
+
+def _remembered_undecodable(split_dir: str, paths: Sequence[str]) -> list[int]:
+  """`_undecodable(paths)`, read from the record of an earlier check of the same files if there is one.
+
+  Decoding a whole split costs about what a training epoch's decoding does (~1 ms of CPU per
+  500x375 JPEG) and reads every file; without the record, every start of every process would pay it.
+  """
+  record = _check_record(split_dir, paths)
+  try:
+    with open(record, encoding='utf-8') as f:
+      bad = json.load(f)['undecodable']
+    logging.info('%s: decode check of %d images read from %s', split_dir, len(paths), record)
+    return bad
+  except (OSError, ValueError, KeyError):
+    pass
+  bad = _undecodable(paths)
+  try:  # written whole, then renamed: processes that check at once never read half a record
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    partial = f'{record}.{os.getpid()}.tmp'
+    with open(partial, 'w', encoding='utf-8') as f:
+      json.dump({'split_dir': split_dir, 'images': len(paths), 'undecodable': bad}, f)
+    os.replace(partial, record)
+  except OSError as error:
+    logging.warning('Could not record the decode check of %s in %s (%s); the next run checks '
+                    'again.', split_dir, record, error)
+  return bad
+
+
 @functools.lru_cache(maxsize=None)
 def _folder_split(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
   """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal."""
@@ -452,12 +512,7 @@ def _folder_split(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.n
   if not paths:
     raise FileNotFoundError(f'Folder dataset {root}: no {"/".join(IMAGE_EXTENSIONS)} images in '
                             f'{split_dir}/<class>/.')
-  # One parallel pass that drops every example whose decode fails; the survivors are the good ones.
-  checks = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
-  checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
-  checks = checks.ignore_errors().map(lambda ok, i: i)
-  good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
-  bad = sorted(set(range(len(paths))) - set(good.tolist()))
+  bad = _remembered_undecodable(split_dir, paths)
   if bad:
     names = '\n  '.join(paths[i] for i in bad)
     if strict:
@@ -465,7 +520,7 @@ def _folder_split(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.n
                        'Remove or fix them, or set config.strict_data=False to skip them.')
     logging.warning('Skipping %d undecodable image(s) in %s (config.strict_data=True makes this '
                     'an error):\n  %s', len(bad), split_dir, names)
-  good = np.sort(good)
+  good = np.setdiff1d(np.arange(len(paths)), bad)
   return np.array(paths)[good], np.array(labels, np.int64)[good]
 
 

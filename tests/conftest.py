@@ -12,3 +12,6 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # never let TensorFlow take a
 # compiled executables through JAX's persistent cache, fresh for each test session.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+# Folder datasets remember their decode checks under $XDG_CACHE_HOME: a fresh one per test session,
+# not the user's ~/.cache.
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='alexnet_jax_cache_home_')

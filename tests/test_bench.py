@@ -95,3 +95,14 @@ def test_input_ops_benchmark_times_every_op():
       'resize 332x332 window, uint8 input, round', 'resize 332x332 window, float32 copy, round',
       'mirror 5 crops, strided slice [:, :, ::-1]', 'mirror 5 crops, tf.reverse']
   assert all(float(line[45:]) > 0 for line in lines[1:])
+
+
+def test_folder_check_benchmark_times_both_starts():
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'folder_check.py'),
+                           '--num_images=16'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith('16 JPEGs (500x375 / 375x500)')
+  assert [line.split()[0] + ' ' + line.split()[1] for line in lines[1:]] == [
+      'decode check', 'check remembered']
+  assert all(float(line.split()[-2]) > 0 for line in lines[1:])

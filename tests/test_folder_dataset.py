@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -153,6 +154,44 @@ def test_strict_data_makes_undecodable_images_an_error(folder_with_bad_images):
   for path in bad_files:
     assert path in str(error.value)
   assert 'strict_data=False' in str(error.value)
+
+
+def test_the_decode_check_is_remembered_until_a_file_changes(folder_with_bad_images, monkeypatch,
+                                                              caplog):
+  root, (truncated, _) = folder_with_bad_images
+  config = _config(root)
+  assert input_pipeline.get_dataset_info(config).num_train_examples == 8
+  records = list((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())
+  # A new process (here: the in-process memo cleared) reads the check instead of decoding again.
+  input_pipeline._folder_split.cache_clear()  # pylint: disable=protected-access
+  decoded = []
+  real_undecodable = input_pipeline._undecodable  # pylint: disable=protected-access
+  monkeypatch.setattr(input_pipeline, '_undecodable',
+                      lambda paths: decoded.append(len(paths)) or real_undecodable(paths))
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.get_dataset_info(config).num_train_examples == 8
+  assert decoded == [] and truncated in caplog.text  # still skipped and logged, by name
+  # Rewriting a file (here: the truncated one, now whole) makes a new check.
+  with open(os.path.join(root, 'train', 'class_0', '0_0.jpg'), 'rb') as f:
+    whole = f.read()
+  with open(truncated, 'wb') as f:
+    f.write(whole)
+  input_pipeline._folder_split.cache_clear()  # pylint: disable=protected-access
+  assert input_pipeline.get_dataset_info(config).num_train_examples == 9
+  assert decoded == [10]  # the training split checked again; the validation split's record held
+  new_records = set((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())
+  assert set(records) < new_records
+
+
+def test_the_decode_check_works_without_a_writable_cache(folder_with_bad_images, monkeypatch,
+                                                         caplog):
+  root, _ = folder_with_bad_images
+  unwritable = Path(root) / 'cache_home'
+  unwritable.write_text('a file where the cache directory would go\n')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(unwritable))
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.get_dataset_info(_config(root)).num_train_examples == 8
+  assert 'Could not record the decode check' in caplog.text
 
 
 @pytest.mark.slow

@@ -4,11 +4,13 @@ The TFDS path (a copy of the miniature ImageNet that `prepare` builds) is in tes
 """
 
 import io
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 import tensorflow as tf
 
@@ -37,8 +39,12 @@ def test_prepare_downsamples_a_folder_dataset(tmp_path):
        f'--downsample_to={out}', '--shorter_side=40'], cwd=REPO, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  files = sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file())
+  files = sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file()
+                 and p.name != downsample.RECORD)
   assert len(files) == 3 * (6 + 2)
+  record = json.loads((out / downsample.RECORD).read_text())
+  assert record['train']['complete'] and record['train']['images'] == 18
+  assert record['val']['settings']['shorter_side'] == 40
   assert all(f.split('/')[0] in ('train', 'val') and f.endswith('.JPEG') for f in files)
   for f in files:
     with Image.open(out / f) as image:
@@ -75,3 +81,55 @@ def test_small_images_keep_their_bytes_and_other_formats_become_pngs():
       np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data.numpy()))), array)
   data, jpeg = downsample.downsampled(tf.constant(input_images.encode(array, 'PNG')), 10, 95)
   assert bool(jpeg) and Image.open(io.BytesIO(data.numpy())).size == (15, 10)
+
+
+def _copy_files(root) -> dict[str, bytes]:
+  return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob('*')
+          if p.is_file() and p.name != downsample.RECORD}
+
+
+def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
+  source = input_images.write_folder_dataset(str(tmp_path / 'source'), size=(48, 64))
+  config = default.get_config()
+  config.dataset = f'folder:{source}'
+  uninterrupted = tmp_path / 'uninterrupted'
+  downsample.downsample(config, str(uninterrupted), shorter_side=40)
+
+  images_written = []
+  write = downsample._write_atomically  # pylint: disable=protected-access
+
+  def write_then_stop(path, data):
+    if os.path.basename(path) != downsample.RECORD:
+      if len(images_written) == 5:
+        raise KeyboardInterrupt  # the copy is stopped in the middle of the training split
+      images_written.append(path)
+    write(path, data)
+
+  monkeypatch.setattr(downsample, '_write_atomically', write_then_stop)
+  out = tmp_path / 'copy'
+  with pytest.raises(KeyboardInterrupt):
+    downsample.downsample(config, str(out), shorter_side=40)
+  # Nothing looks like a dataset yet: the five images wait in train.partial/.
+  assert not (out / 'train').exists() and len(_copy_files(out / 'train.partial')) == 5
+  assert not json.loads((out / downsample.RECORD).read_text())['train']['complete']
+  config.dataset = f'folder:{out}'
+  with pytest.raises(FileNotFoundError, match='no folder for split'):
+    input_pipeline.get_dataset_info(config)
+
+  config.dataset = f'folder:{source}'
+  images_written.clear()
+  monkeypatch.setattr(downsample, '_write_atomically',
+                      lambda path, data: images_written.append(path) or write(path, data))
+  assert downsample.downsample(config, str(out), shorter_side=40) == {'train': 18, 'validation': 6}
+  assert len([p for p in images_written if os.path.basename(p) != downsample.RECORD]) == 13 + 6
+  assert _copy_files(out) == _copy_files(uninterrupted)  # the same files, byte for byte
+
+
+def test_a_folder_not_made_by_downsample_is_refused(tmp_path):
+  source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
+  config = default.get_config()
+  config.dataset = f'folder:{source}'
+  (tmp_path / 'copy' / 'val').mkdir(parents=True)
+  (tmp_path / 'copy' / 'val' / 'notes.txt').write_text('mine\n')
+  with pytest.raises(FileExistsError, match='val is not empty'):
+    downsample.downsample(config, str(tmp_path / 'copy'), shorter_side=40)

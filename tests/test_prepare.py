@@ -3,6 +3,7 @@ and the pipeline reads the result: shards, resumption, evaluation; `downsample` 
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -150,8 +151,12 @@ def test_downsampled_copy_keeps_every_image_and_label_at_the_shorter_side(prepar
                                             process_index=0, process_count=1))
   train_labels = [ex['label'] for ex in tfds.as_numpy(input_pipeline.split_examples(config, 'train'))]
   assert sorted(batch['label']) == sorted(train_labels)
-  with pytest.raises(FileExistsError, match='is not empty'):
-    downsample.downsample(config, out, shorter_side=32)
+  # The same command again finds the copy complete and writes nothing; other settings are refused.
+  before = {p: p.stat().st_mtime_ns for p in Path(out).rglob('*')}
+  assert downsample.downsample(config, out, shorter_side=32) == {'train': 9, 'validation': 5}
+  assert {p: p.stat().st_mtime_ns for p in Path(out).rglob('*')} == before
+  with pytest.raises(FileExistsError, match='holds a copy made with .*shorter_side.: 32'):
+    downsample.downsample(config, out, shorter_side=40)
 
 
 def test_images_already_small_enough_are_copied_byte_for_byte(prepared, tmp_path):

@@ -59,41 +59,60 @@ def restore_latest(workdir: str, config) -> tuple[int, dict]:
   return step, jax.tree.map(np.asarray, state.params)
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
-  """1 process x 2 devices and 2 processes x 1 device see the same global batches and devices, so
-  they must end at the same parameters. Tolerance: 1e-6 absolute (float32 all-reduce order across
-  processes may differ from in-process; in practice the results are bit-identical)."""
+def _train_in_one_and_in_two_processes(tmp_path, devices: int, **overrides) -> tuple[str, str]:
+  """The tiny run with `overrides` in 1 process x `devices` CPU devices and in 2 processes x
+  `devices`/2 (launch/local.py), side by side; both must finish. Returns their workdirs."""
   one_dir, two_dir = str(tmp_path / 'one_process'), str(tmp_path / 'two_processes')
-  # An eval (with its best-checkpoint save) and a checkpoint at every other step: both Orbax managers
-  # save the same step at once, which across processes needs distinct barrier names.
-  every_other_step = {'eval_every_steps': 2, 'checkpoint_every_steps': 2}
   one = subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main', *tiny_run_args(one_dir, **every_other_step)],
-      cwd=REPO,
-      env=env_with_cpu_devices(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      [sys.executable, '-m', 'alexnet_jax.main', *tiny_run_args(one_dir, **overrides)], cwd=REPO,
+      env=env_with_cpu_devices(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   two = subprocess.run(
-      [sys.executable, '-m', 'launch.local', '--num_processes=2', '--cpu_devices_per_process=1',
-       '--', *tiny_run_args(two_dir, **every_other_step)],
-      cwd=REPO, env=env_with_cpu_devices(1), capture_output=True, text=True, timeout=600)
+      [sys.executable, '-m', 'launch.local', '--num_processes=2',
+       f'--cpu_devices_per_process={devices // 2}', '--', *tiny_run_args(two_dir, **overrides)],
+      cwd=REPO, env=env_with_cpu_devices(devices // 2), capture_output=True, text=True, timeout=600)
   one_output = one.communicate(timeout=600)[0]
   assert one.returncode == 0, one_output[-3000:]
   assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-
   with open(os.path.join(two_dir, 'run_info.json')) as f:
     run_info = json.load(f)
-  assert (run_info['process_count'], run_info['device_count'], run_info['finished']) == (2, 2, True)
-  # Only process 0 writes metrics: every record appears once.
-  with open(os.path.join(two_dir, 'metrics.jsonl')) as f:
-    records = [(r['split'], r['step']) for r in map(json.loads, f)]
-  assert len(records) == len(set(records)) and ('eval', 6) in records
+  assert (run_info['process_count'], run_info['device_count'], run_info['finished']) == (
+      2, devices, True)
+  return one_dir, two_dir
 
+
+def _assert_same_final_params(one_dir: str, two_dir: str) -> None:
   config = tiny_config()
   one_step, one_params = restore_latest(one_dir, config)
   two_step, two_params = restore_latest(two_dir, config)
   assert one_step == two_step == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                one_params, two_params)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+  """1 process x 2 devices and 2 processes x 1 device see the same global batches and devices, so
+  they must end at the same parameters. Tolerance: 1e-6 absolute (float32 all-reduce order across
+  processes may differ from in-process; in practice the results are bit-identical)."""
+  # An eval (with its best-checkpoint save) and a checkpoint at every other step: both Orbax managers
+  # save the same step at once, which across processes needs distinct barrier names.
+  one_dir, two_dir = _train_in_one_and_in_two_processes(
+      tmp_path, 2, eval_every_steps=2, checkpoint_every_steps=2)
+  # Only process 0 writes metrics: every record appears once.
+  with open(os.path.join(two_dir, 'metrics.jsonl')) as f:
+    records = [(r['split'], r['step']) for r in map(json.loads, f)]
+  assert len(records) == len(set(records)) and ('eval', 6) in records
+  _assert_same_final_params(one_dir, two_dir)
+
+
+@pytest.mark.slow
+def test_model_parallel_in_two_processes_trains_like_one(tmp_path):
+  """The paper's two-tower split (model_parallel=2) with two pairs of devices: in one process, and in
+  two processes holding one pair each (split weights sharded within each process, the batch across
+  both; the checkpoint written by both)."""
+  one_dir, two_dir = _train_in_one_and_in_two_processes(
+      tmp_path, 4, model_parallel=2, checkpoint_every_steps=3)
+  _assert_same_final_params(one_dir, two_dir)
 
 
 _PROBE = textwrap.dedent('''

@@ -115,13 +115,14 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   refused rather than mixed with.
   """
   record = _read_record(out_dir)
+  settings_of = {}
   for split in splits:
     if split not in _SPLIT_DIRS:
       raise ValueError(f'Cannot downsample split {split!r}: whole splits only, one of '
                        f'{sorted(_SPLIT_DIRS)}.')
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     made = record.get(_SPLIT_DIRS[split])
-    settings = _settings(config, split, shorter_side, quality)
+    settings = settings_of[split] = _settings(config, split, shorter_side, quality)
     for directory in (split_dir, split_dir + '.partial'):
       if not (os.path.isdir(directory) and os.listdir(directory)):
         continue
@@ -146,8 +147,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     partial_dir = split_dir + '.partial'
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
-    record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
-                                  'complete': False}
+    record[_SPLIT_DIRS[split]] = {'settings': settings_of[split], 'complete': False}
     _write_atomically(os.path.join(out_dir, RECORD), json.dumps(record, indent=2).encode())
     examples = input_pipeline.split_examples(config, split)
     written = np.zeros([int(examples.cardinality())], bool)

@@ -10,11 +10,11 @@ Training images (each step a switch in `config.augment`):
   1. crop: a random `image_size` square of the image resized so that its shorter side is
      `resize_size` (227 of 256, §4.1), placed in the central `resize_size` square of it when
      `config.center_square` is set (default): the paper stored ImageNet as those 256x256 squares
-     (§2) and drew its crops from them; unset, anywhere in the whole resized image. The window is chosen in resized coordinates, mapped back to the
-     original image, and only that window is decoded (`tf.io.decode_and_crop_jpeg`) and then resized
-     to `image_size`. This is resize-then-crop up to rounding the window to whole source pixels and
-     the interpolation at its borders, and it skips most of the decode. Without `random_crop`: the
-     center crop, the same way.
+     (§2) and drew its crops from them; unset, anywhere in the whole resized image. The window is
+     chosen in resized coordinates, mapped back to the original image, and only that window is
+     decoded (`tf.io.decode_and_crop_jpeg`) and then resized to `image_size`. This is
+     resize-then-crop up to rounding the window to whole source pixels and the interpolation at its
+     borders, and it skips most of the decode. Without `random_crop`: the center crop, the same way.
   2. flip: a horizontal reflection with probability 1/2, drawn here and delivered with the image
      as 'flip'; the mirroring itself is done on the device.
   3. pca_lighting: the RGB shift sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, pca_lighting^2), with the

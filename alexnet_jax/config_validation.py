@@ -35,7 +35,7 @@ def _one_of(*values) -> _Rule:
 _INT, _NUMBER = (int,), (int, float)
 _POSITIVE_INT = _Rule(_INT, lambda v: v > 0, 'an integer > 0')
 _BOOL = _Rule((bool,), lambda v: True, 'True or False')
-_FOLDER_PREFIX = 'folder:'  # input_pipeline.FOLDER_PREFIX; importing that module would import TensorFlow
+_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX; importing that module would import TensorFlow
 
 RULES: dict[str, _Rule] = {
     'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "synthetic" or "synthetic_learnable"'),

@@ -4,7 +4,8 @@ Sources (`config.dataset`):
   * a TFDS image-classification name (`imagenet2012` by default), read from `config.data_dir`;
     ImageNet must be built once with `python -m alexnet_jax.prepare` (alexnet_jax/prepare.py);
   * `folder:/path`: `/path/train/<class>/*.jpg|png` and `/path/val/<class>/...` (or `validation/`,
-    `test/`); classes are the sorted folder names of `train/`.
+    `test/`); classes are the sorted folder names of `train/`. Which files, and which of them
+    decode, is alexnet_jax/image_folders.py's concern; the pipeline reads the list it gives.
 
 Training images (each step a switch in `config.augment`):
   1. crop: a random `image_size` square of the image resized so that its shorter side is
@@ -49,8 +50,6 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import threading
 import weakref
@@ -66,6 +65,8 @@ tf.config.set_visible_devices([], 'GPU')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from alexnet_jax import image_folders  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # Eigenvalues and eigenvectors (columns) of the 3x3 covariance of ImageNet RGB pixels on the 0..1 scale,
 # as published with fb.resnet.torch (datasets/imagenet.lua) and used since by most reimplementations
 # of §4.1. The eigenvalues are multiplied by 255 so that alpha_i = N(0, 0.1) moves pixels as much on
@@ -77,18 +78,9 @@ IMAGENET_PCA_EIGENVECTORS = (
     (-0.5836, -0.6948, 0.4203),
 )
 
-FOLDER_PREFIX = 'folder:'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 # Examples loaded and permuted together in a training epoch. For ImageNet this is about 8 record files
 # (~1 GB of JPEG bytes); up to three windows are in memory at a time.
 _WINDOW_EXAMPLES = 8192
-# Where each split may live in a folder dataset, in order of preference.
-_FOLDER_SPLIT_DIRS = {
-    'train': ('train',),
-    'validation': ('val', 'validation', 'test'),
-    'val': ('val', 'validation', 'test'),
-    'test': ('test',),
-}
 
 
 # Making TFDS datasets is not thread-safe; window readers of several pipelines may run at once.
@@ -328,7 +320,7 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
         f"Unknown dataset {name!r}. config.dataset is a TFDS name (e.g. 'imagenet2012'), "
-        f"'{FOLDER_PREFIX}/path/to/images', 'synthetic' or 'synthetic_learnable'.") from e
+        f"'{image_folders.PREFIX}/path/to/images', 'synthetic' or 'synthetic_learnable'.") from e
   if not builder.info.splits:
     raise DatasetNotPreparedError(_not_prepared_message(name, builder, data_dir))
   return builder
@@ -399,134 +391,9 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
 # Image folders ------------------------------------------------------------------------------------
 
 
-def _folder_root(dataset: str) -> str:
-  return dataset[len(FOLDER_PREFIX):]
-
-
-def _folder_split_dir(root: str, split: str) -> str:
-  for name in (split,) + _FOLDER_SPLIT_DIRS.get(split, ()):
-    if os.path.isdir(os.path.join(root, name)):
-      return os.path.join(root, name)
-  raise FileNotFoundError(
-      f'Folder dataset {root}: no folder for split {split!r}; looked for '
-      f'{", ".join(os.path.join(root, n) for n in dict.fromkeys((split,) + _FOLDER_SPLIT_DIRS.get(split, ())))}. '
-      'Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or test/).')
-
-
-@functools.lru_cache(maxsize=None)
-def _folder_classes(root: str) -> tuple[str, ...]:
-  train_dir = _folder_split_dir(root, 'train')
-  classes = tuple(sorted(e.name for e in os.scandir(train_dir) if e.is_dir()))
-  if not classes:
-    raise FileNotFoundError(f'Folder dataset {root}: {train_dir} has no class folders.')
-  return classes
-
-
-def _list_images(split_dir: str, classes: Sequence[str]) -> tuple[list[str], list[int]]:
-  class_index = {name: i for i, name in enumerate(classes)}
-  paths, labels = [], []
-  for name in sorted(e.name for e in os.scandir(split_dir) if e.is_dir()):
-    if name not in class_index:
-      raise ValueError(f'{os.path.join(split_dir, name)} is not a class of the training split '
-                       f'({len(classes)} classes in {os.path.dirname(split_dir)}/train).')
-    for directory, _, files in sorted(os.walk(os.path.join(split_dir, name))):
-      for file in sorted(files):
-        if file.lower().endswith(IMAGE_EXTENSIONS):
-          paths.append(os.path.join(directory, file))
-          labels.append(class_index[name])
-  return paths, labels
-
-
-def _decodable(path: tf.Tensor) -> tf.Tensor:
-  """Decodes a whole image cheaply (JPEGs at 1/8 scale); fails like the real decode would."""
-  encoded = tf.io.read_file(path)
-  image = tf.cond(tf.io.is_jpeg(encoded),
-                  lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=8),
-                  lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
-  return tf.size(image) > 0
-
-
-def _check_record(split_dir: str, paths: Sequence[str]) -> str:
-  """The file that remembers the decode check of `paths`, named by a digest of every file's path,
-  size and modification time: a file added, removed or rewritten makes a new name, so a new check.
-
-  Under $XDG_CACHE_HOME/alexnet_jax/folder_checks (default ~/.cache/...): a shared home directory
-  lets every node of a cluster, and every later run, resume or sweep point, reuse one check.
-  """
-  def stat_all(chunk: Sequence[str]) -> list[tuple[int, int]]:
-    return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, chunk)]
-
-  # Stats in parallel: on a network file system each one can wait on the server.
-  chunks = [paths[i:i + 4096] for i in range(0, len(paths), 4096)]
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    stats = [st for chunk in pool.map(stat_all, chunks) for st in chunk]
-  digest = hashlib.sha256(os.path.realpath(split_dir).encode())
-  for path, (size, mtime) in zip(paths, stats):
-    digest.update(f'{path}\0{size}\0{mtime}\n'.encode())
-  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(cache_home, 'alexnet_jax', 'folder_checks', f'{digest.hexdigest()}.json')
-
-
-def _undecodable(paths: Sequence[str]) -> list[int]:
-  """Indices of the images that fail to decode: one parallel pass that drops every example whose
-  decode fails; the survivors are the good ones."""
-  checks = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
-  checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
-  checks = checks.ignore_errors().map(lambda ok, i: i)
-  good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
-  return sorted(set(range(len(paths))) - set(good.tolist()))
-
-
-def _remembered_undecodable(split_dir: str, paths: Sequence[str]) -> list[int]:
-  """`_undecodable(paths)`, read from the record of an earlier check of the same files if there is one.
-
-  Decoding a whole split costs about what a training epoch's decoding does (~1 ms of CPU per
-  500x375 JPEG) and reads every file; without the record, every start of every process would pay it.
-  """
-  record = _check_record(split_dir, paths)
-  try:
-    with open(record, encoding='utf-8') as f:
-      bad = json.load(f)['undecodable']
-    logging.info('%s: decode check of %d images read from %s', split_dir, len(paths), record)
-    return bad
-  except (OSError, ValueError, KeyError):
-    pass
-  bad = _undecodable(paths)
-  try:  # written whole, then renamed: processes that check at once never read half a record
-    os.makedirs(os.path.dirname(record), exist_ok=True)
-    partial = f'{record}.{os.getpid()}.tmp'
-    with open(partial, 'w', encoding='utf-8') as f:
-      json.dump({'split_dir': split_dir, 'images': len(paths), 'undecodable': bad}, f)
-    os.replace(partial, record)
-  except OSError as error:
-    logging.warning('Could not record the decode check of %s in %s (%s); the next run checks '
-                    'again.', split_dir, record, error)
-  return bad
-
-
-@functools.lru_cache(maxsize=None)
-def _folder_split(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal."""
-  split_dir = _folder_split_dir(root, split)
-  paths, labels = _list_images(split_dir, _folder_classes(root))
-  if not paths:
-    raise FileNotFoundError(f'Folder dataset {root}: no {"/".join(IMAGE_EXTENSIONS)} images in '
-                            f'{split_dir}/<class>/.')
-  bad = _remembered_undecodable(split_dir, paths)
-  if bad:
-    names = '\n  '.join(paths[i] for i in bad)
-    if strict:
-      raise ValueError(f'{len(bad)} image(s) in {split_dir} cannot be decoded:\n  {names}\n'
-                       'Remove or fix them, or set config.strict_data=False to skip them.')
-    logging.warning('Skipping %d undecodable image(s) in %s (config.strict_data=True makes this '
-                    'an error):\n  %s', len(bad), split_dir, names)
-  good = np.setdiff1d(np.arange(len(paths)), bad)
-  return np.array(paths)[good], np.array(labels, np.int64)[good]
-
-
 def _folder_shard(root: str, split: str, strict: bool, process_index: int, process_count: int
                   ) -> _Shard:
-  paths, labels = _folder_split(root, split, strict)
+  paths, labels = image_folders.images(root, split, strict)
   lo, hi = _shard_range(len(paths), process_index, process_count)
 
   def examples(start: int, stop: int) -> tf.data.Dataset:
@@ -543,7 +410,7 @@ def _folder_shard(root: str, split: str, strict: bool, process_index: int, proce
 
 
 def _is_folder(config: ml_collections.ConfigDict) -> bool:
-  return config.dataset.startswith(FOLDER_PREFIX)
+  return config.dataset.startswith(image_folders.PREFIX)
 
 
 def _shard(config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int
@@ -557,8 +424,8 @@ def _shard(config: ml_collections.ConfigDict, split: str, process_index: int, pr
 @functools.lru_cache(maxsize=8)
 def _memoized_shard(dataset: str, data_dir: str | None, split: str, strict: bool, cache: bool,
                     process_index: int, process_count: int) -> _Shard:
-  if dataset.startswith(FOLDER_PREFIX):
-    shard = _folder_shard(_folder_root(dataset), split, strict, process_index, process_count)
+  if dataset.startswith(image_folders.PREFIX):
+    shard = _folder_shard(image_folders.root(dataset), split, strict, process_index, process_count)
   else:
     shard = _tfds_shard(dataset, data_dir, split, process_index, process_count)
   return _cached(shard) if cache else shard
@@ -638,10 +505,10 @@ def get_dataset_info(config: ml_collections.ConfigDict):
   """Class count, class names and split sizes of `config.dataset`: an `alexnet_jax.data.DatasetInfo`."""
   from alexnet_jax.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
   if _is_folder(config):
-    root = _folder_root(config.dataset)
-    classes = _folder_classes(root)
-    train = _folder_split(root, config.train_split, config.strict_data)[0]
-    evaluation = _folder_split(root, config.eval_split, config.strict_data)[0]
+    root = image_folders.root(config.dataset)
+    classes = image_folders.class_names(root)
+    train = image_folders.images(root, config.train_split, config.strict_data)[0]
+    evaluation = image_folders.images(root, config.eval_split, config.strict_data)[0]
     return DatasetInfo(num_classes=len(classes), num_train_examples=len(train),
                        num_eval_examples=len(evaluation), class_names=classes)
   builder = _tfds_builder(config.dataset, config.data_dir)

@@ -5,7 +5,7 @@
 Writes `--num_images` ImageNet-like JPEGs (500x375 and 375x500, quality 90, as
 alexnet_jax/bench_input.py writes them; with --shorter_side, stored at that shorter side as
 `prepare --downsample_to` writes them) as a folder dataset, then reads its training split twice
-through the pipeline (`input_pipeline._folder_split`, the in-process memo cleared in between): the
+through `image_folders.images` (the in-process memo cleared in between): the
 first time every image is decoded to find the undecodable ones, the second time the record of that
 check is found (docs/input_pipeline.md, "Bad images"). Prints wall and CPU seconds and per-image
 costs of both, and the CPU time both would take for ImageNet's 1,281,167 training images.
@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexnet_jax import bench_input  # pylint: disable=wrong-import-position
-from alexnet_jax import input_pipeline  # pylint: disable=wrong-import-position
+from alexnet_jax import image_folders  # pylint: disable=wrong-import-position
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -37,9 +37,9 @@ def main() -> None:
     size = f'shorter side {args.shorter_side}' if args.shorter_side else '500x375 / 375x500'
     print(f'{args.num_images} JPEGs ({size}), {len(os.sched_getaffinity(0))} core(s)')
     for name in ('decode check', 'check remembered'):
-      input_pipeline._folder_split.cache_clear()  # pylint: disable=protected-access
+      image_folders.images.cache_clear()
       wall, cpu = time.perf_counter(), time.process_time()
-      paths, _ = input_pipeline._folder_split(root, 'train', False)  # pylint: disable=protected-access
+      paths, _ = image_folders.images(root, 'train', False)
       wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
       assert len(paths) == args.num_images
       print(f'{name:17s} {wall:8.3f} s wall {cpu:8.3f} s CPU {cpu / len(paths) * 1e3:8.4f} ms CPU '

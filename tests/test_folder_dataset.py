@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from alexnet_jax import image_folders
 from alexnet_jax import input_pipeline
 from alexnet_jax import pixels
 from configs import default
@@ -163,10 +164,10 @@ def test_the_decode_check_is_remembered_until_a_file_changes(folder_with_bad_ima
   assert input_pipeline.get_dataset_info(config).num_train_examples == 8
   records = list((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())
   # A new process (here: the in-process memo cleared) reads the check instead of decoding again.
-  input_pipeline._folder_split.cache_clear()  # pylint: disable=protected-access
+  image_folders.images.cache_clear()
   decoded = []
-  real_undecodable = input_pipeline._undecodable  # pylint: disable=protected-access
-  monkeypatch.setattr(input_pipeline, '_undecodable',
+  real_undecodable = image_folders._undecodable  # pylint: disable=protected-access
+  monkeypatch.setattr(image_folders, '_undecodable',
                       lambda paths: decoded.append(len(paths)) or real_undecodable(paths))
   with caplog.at_level(logging.WARNING):
     assert input_pipeline.get_dataset_info(config).num_train_examples == 8
@@ -176,7 +177,7 @@ def test_the_decode_check_is_remembered_until_a_file_changes(folder_with_bad_ima
     whole = f.read()
   with open(truncated, 'wb') as f:
     f.write(whole)
-  input_pipeline._folder_split.cache_clear()  # pylint: disable=protected-access
+  image_folders.images.cache_clear()
   assert input_pipeline.get_dataset_info(config).num_train_examples == 9
   assert decoded == [10]  # the training split checked again; the validation split's record held
   new_records = set((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())

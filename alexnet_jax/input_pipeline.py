@@ -46,10 +46,10 @@ block per image and a single window, so every epoch is a uniform permutation.
 """
 
 import atexit
-import concurrent.futures
 import ctypes
 import dataclasses
 import functools
+import multiprocessing.pool
 import os
 import threading
 import weakref
@@ -550,8 +550,11 @@ def _read_blocks(shard: _Shard, blocks: list[tuple[int, int]]) -> dict[str, np.n
   if len(datasets) == 1:  # a folder dataset's window: no thread needed
     parts = [_to_numpy(*datasets[0])]
   else:
-    with concurrent.futures.ThreadPoolExecutor(min(len(blocks), 8)) as pool:
-      parts = list(pool.map(lambda dataset_count: _to_numpy(*dataset_count), datasets))
+    # multiprocessing's thread pool, not concurrent.futures: its executors refuse new work once the
+    # interpreter starts to exit, before `_ClosedAtExit` has dropped a stream that is still alive and
+    # may be reading its next window then (a traceback at every exit).
+    with multiprocessing.pool.ThreadPool(min(len(blocks), 8)) as pool:
+      parts = pool.map(lambda dataset_count: _to_numpy(*dataset_count), datasets)
   return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 

@@ -1,6 +1,9 @@
 """The paper's augmentation, one function at a time, and the TFDS ImageNet path on `tfds.testing.mock_data`."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -333,3 +336,42 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 def test_tensorflow_sees_no_gpu():
   # Importing the pipeline hides every GPU from TensorFlow (meaningful on a GPU machine).
   assert tf.config.get_visible_devices('GPU') == []
+
+
+# A script that keeps a training stream of the mock imagenet2012 in a global and exits: the stream
+# is reading its next window (several record files, in threads) when the interpreter starts to exit.
+_STREAM_ALIVE_AT_EXIT = textwrap.dedent("""
+    import os, sys, tempfile
+    import tensorflow_datasets as tfds
+    from alexnet_jax import input_pipeline
+    from configs import default
+
+    tmp = tempfile.mkdtemp()
+    builder = tfds.builder('imagenet2012', data_dir=os.path.join(tmp, 'metadata'))
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=0)
+        for name, lengths in (('train', [13, 13, 12, 12] * 4), ('validation', [11]))]))
+    os.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+    MOCK = tfds.testing.mock_data(num_examples=13, policy=tfds.testing.MockPolicy.USE_FILES,
+                                  data_dir=os.path.join(tmp, 'metadata'))
+    MOCK.__enter__()  # for the rest of the process, which ends with the stream alive
+    config = default.get_config()
+    config.data_dir = os.path.join(tmp, 'data_dir')
+    config.resize_size, config.image_size = 40, 32
+    input_pipeline._WINDOW_EXAMPLES = 30  # windows of 3 record files, read in parallel
+    STREAM = input_pipeline.train_batches(config, start_step=0, local_batch_size=8,
+                                          process_index=0, process_count=1)
+    next(STREAM)
+    print('exiting', flush=True)
+""")
+
+
+def test_a_stream_alive_at_exit_ends_quietly():
+  # TensorFlow's own log level as users have it: the traceback is logged as a warning.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0')
+  result = subprocess.run([sys.executable, '-c', _STREAM_ALIVE_AT_EXIT], cwd=os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__))), env=env, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == 'exiting', result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]

@@ -87,6 +87,10 @@ def _read_record(out_dir: str) -> dict[str, Any]:
     return {}
 
 
+def _write_record(out_dir: str, record: dict[str, Any]) -> None:
+  _write_atomically(os.path.join(out_dir, RECORD), json.dumps(record, indent=2).encode())
+
+
 def _write_atomically(path: str, data: bytes) -> None:
   """Writes `path` whole or not at all: a file of the copy that exists is complete."""
   partial = path + '.tmp'
@@ -115,14 +119,13 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   refused rather than mixed with.
   """
   record = _read_record(out_dir)
-  settings_of = {}
   for split in splits:
     if split not in _SPLIT_DIRS:
       raise ValueError(f'Cannot downsample split {split!r}: whole splits only, one of '
                        f'{sorted(_SPLIT_DIRS)}.')
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     made = record.get(_SPLIT_DIRS[split])
-    settings = settings_of[split] = _settings(config, split, shorter_side, quality)
+    settings = _settings(config, split, shorter_side, quality)
     for directory in (split_dir, split_dir + '.partial'):
       if not (os.path.isdir(directory) and os.listdir(directory)):
         continue
@@ -147,8 +150,9 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     partial_dir = split_dir + '.partial'
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
-    record[_SPLIT_DIRS[split]] = {'settings': settings_of[split], 'complete': False}
-    _write_atomically(os.path.join(out_dir, RECORD), json.dumps(record, indent=2).encode())
+    record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
+                                  'complete': False}
+    _write_record(out_dir, record)
     examples = input_pipeline.split_examples(config, split)
     written = np.zeros([int(examples.cardinality())], bool)
     for folder in folders:
@@ -172,7 +176,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       os.rmdir(split_dir)
     os.rename(partial_dir, split_dir)
     record[_SPLIT_DIRS[split]].update(complete=True, images=count)
-    _write_atomically(os.path.join(out_dir, RECORD), json.dumps(record, indent=2).encode())
+    _write_record(out_dir, record)
     counts[split] = count
     logging.info('%s: %d images in %s', split, count, split_dir)
   return counts

@@ -50,12 +50,10 @@ import ctypes
 import dataclasses
 import functools
 import multiprocessing.pool
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 
-from absl import logging
 import ml_collections
 import numpy as np
 import tensorflow as tf

@@ -30,6 +30,7 @@ tf.config.set_visible_devices([], 'GPU')  # preparing needs no accelerator
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alexnet_jax import downsample  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alexnet_jax import image_folders  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -83,7 +84,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   dataset = _DATASET.value
-  if not (_DOWNSAMPLE_TO.value and dataset.startswith('folder:')):
+  if not (_DOWNSAMPLE_TO.value and dataset.startswith(image_folders.PREFIX)):
     prepare(dataset, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
   if _DOWNSAMPLE_TO.value:
     config = default.get_config()

@@ -143,11 +143,11 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   for split in splits:
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     made = record.get(_SPLIT_DIRS[split])
-    if made and made['complete'] and os.path.isdir(split_dir):
+    partial_dir = split_dir + '.partial'
+    if made and made['complete'] and os.path.isdir(split_dir) and os.listdir(split_dir):
       logging.info('%s: complete already, %d images in %s', split, made['images'], split_dir)
       counts[split] = made['images']
       continue
-    partial_dir = split_dir + '.partial'
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
     record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
@@ -172,11 +172,14 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       count += 1
       if count % 10000 == 0:
         logging.info('%s: %d of %d images written', split, count, len(written))
+    # Recorded complete before the rename: stopped in between, the next run finds every file in
+    # place, writes none, and renames; recorded after, it would find a full split folder it had not
+    # marked complete, and no way to finish.
+    record[_SPLIT_DIRS[split]].update(complete=True, images=count)
+    _write_record(out_dir, record)
     if os.path.isdir(split_dir):  # empty (checked above): make way for the complete copy
       os.rmdir(split_dir)
     os.rename(partial_dir, split_dir)
-    record[_SPLIT_DIRS[split]].update(complete=True, images=count)
-    _write_record(out_dir, record)
     counts[split] = count
     logging.info('%s: %d images in %s', split, count, split_dir)
   return counts

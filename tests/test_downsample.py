@@ -125,6 +125,28 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
   assert _copy_files(out) == _copy_files(uninterrupted)  # the same files, byte for byte
 
 
+def test_a_copy_stopped_as_a_split_is_renamed_completes_on_the_next_run(tmp_path, monkeypatch):
+  source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
+  config = default.get_config()
+  config.dataset = f'folder:{source}'
+  uninterrupted = tmp_path / 'uninterrupted'
+  downsample.downsample(config, str(uninterrupted), shorter_side=40)
+  rename = os.rename
+
+  def stop_after_renaming(source_dir, target_dir):
+    rename(source_dir, target_dir)
+    raise KeyboardInterrupt  # the training split is in place, and nothing after it ran
+
+  monkeypatch.setattr(downsample.os, 'rename', stop_after_renaming)
+  out = tmp_path / 'copy'
+  with pytest.raises(KeyboardInterrupt):
+    downsample.downsample(config, str(out), shorter_side=40)
+  monkeypatch.setattr(downsample.os, 'rename', rename)
+  assert downsample.downsample(config, str(out), shorter_side=40) == {'train': 6, 'validation': 2}
+  assert _copy_files(out) == _copy_files(uninterrupted)
+  assert all(split['complete'] for split in json.loads((out / downsample.RECORD).read_text()).values())
+
+
 def test_a_folder_not_made_by_downsample_is_refused(tmp_path):
   source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
   config = default.get_config()

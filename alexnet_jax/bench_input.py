@@ -12,8 +12,9 @@ files, with TensorFlow's libjpeg-turbo throughout:
     its resize and lighting draw, an upper bound for any pipeline built on this decode;
   * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
     crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size;
-  * eval, 1 crop(s) and eval, 10 crop(s): `input_pipeline.eval_batches` (full decode, resize to
-    shorter side 256, the center crop or the ten crops of §4.1), per image;
+  * eval, 1 crop(s) and eval, 10 crop(s): `input_pipeline.eval_batches`: the center crop (its
+    window decoded and resized) or the five crops of the central square (decoded as a window and
+    resized to 256x256) whose mirrors the device adds, §4.1's ten; per image;
   * plain decode, 256 and train pipeline, 256: the same two on the same images stored at shorter
     side 256, as the paper stored ImageNet (§2): a training window is then the crop, nothing is
     resized. Their ratio is to the decode of those files; a last line compares the pipeline on
@@ -155,8 +156,8 @@ def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
 
 
 def eval_rate(root: str, eval_crops: int, batch_size: int, num_batches: int) -> Rate:
-  """The evaluation pipeline (full decode, resize to 256, `eval_crops` crops) over the files,
-  repeated: one pass after another, as many batches as the training rows time."""
+  """The evaluation pipeline (`eval_crops` 1 or 10) over the files, repeated: one pass after
+  another, as many batches as the training rows time."""
   config = _folder_config(root, eval_crops)
   passes = itertools.chain.from_iterable(
       input_pipeline.eval_batches(config, local_batch_size=batch_size, process_index=0,

@@ -23,8 +23,9 @@ Training images (each step a switch in `config.augment`):
      delivered with the image as 'rgb_shift'.
   4. subtract_mean, then (`divide_std`) a division by the per-channel standard deviation.
 Evaluation images: the center crop, taken like the training center crop above (window decoded,
-then resized), or, with `eval_crops=10`, the image resized to shorter side `resize_size` (its central
-square with `center_square`) and its four corner and center crops and their mirror images (§4.1).
+then resized), or, with `eval_crops=10`, the four corner and the center crops of the image resized to
+shorter side `resize_size` (of its central square with `center_square`, the only part decoded); the
+device adds their mirror images, §4.1's other five patches (`pixels.model_input`).
 
 Output: uint8 pixels. The flip, the lighting shift, the mean and the std are applied to every pixel
 on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
@@ -101,6 +102,17 @@ def _crop_size(height: tf.Tensor, width: tf.Tensor, resize_size: int, image_size
   return tf.clip_by_value(size, 1, shorter)
 
 
+def central_square_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """[y, x, size, size] of the central shorter-side square: the `resize_size` square of §2 once resized."""
+  side = tf.minimum(height, width)
+  return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+
+def whole_image_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """[0, 0, height, width]: the window that decodes everything."""
+  return tf.stack([0, 0, height, width])
+
+
 def random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
                        image_size: int, center_square: bool = False) -> tf.Tensor:
   """[y, x, size, size] in source pixels of a uniformly placed `image_size` crop of the resized image.
@@ -112,9 +124,8 @@ def random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *, r
   size = _crop_size(height, width, resize_size, image_size)
   corner = tf.zeros([2], tf.int32)  # of the region the crop is drawn from
   if center_square:
-    shorter = tf.minimum(height, width)
-    corner = tf.stack([height - shorter, width - shorter]) // 2
-    height = width = shorter
+    y, x, side, _ = tf.unstack(central_square_window(height, width))
+    corner, height, width = tf.stack([y, x]), side, side
   room = tf.stack([height - size, width - size]) + 1  # possible offsets per axis
   uniform = tf.random.stateless_uniform([2], seed=key)
   offset = tf.minimum(tf.cast(uniform * tf.cast(room, tf.float32), tf.int32), room - 1)
@@ -197,15 +208,17 @@ def center_crop_image(image: tf.Tensor, size: int) -> tf.Tensor:
   return image[top:top + size, left:left + size]
 
 
-def ten_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """The four corner and the center size x size crops of [H, W, C] and their mirrors: [10, size, size, C]."""
+def five_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The four corner and the center size x size crops of [H, W, C]: [5, size, size, C].
+
+  Their mirror images, the other five of §4.1's ten test-time patches, are made on the device
+  (`pixels.with_mirrors`): mirroring here cost more CPU than the decode, and shipping ten crops
+  doubled the bytes to batch and send (docs/benchmarks.md, "Input pipeline").
+  """
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
   crops = [image[y:y + size, x:x + size] for y, x in corners] + [center_crop_image(image, size)]
-  crops = tf.stack(crops)
-  # tf.reverse, not crops[:, :, ::-1]: the strided slice takes ~12 ms for the five crops, tf.reverse
-  # ~1 ms (bench/input_ops.py).
-  return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+  return tf.stack(crops)
 
 
 def _resize(image: tf.Tensor, shape, *, antialias: bool = False) -> tf.Tensor:
@@ -250,23 +263,23 @@ def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.
 
 
 def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
-  """One evaluation image: uint8 [S, S, 3], or [10, S, S, 3] with `eval_crops=10`.
+  """One evaluation image: uint8 [S, S, 3], or with `eval_crops=10` its five crops [5, S, S, 3]
+  (the device adds their mirrors).
 
   The center crop is decoded and resized as a window, like a training image without `random_crop`
   (the same function): 40% fewer pixels to compute than resizing the whole image to shorter side
   256, and no IDCT or color conversion outside the window. It matches resize-then-crop up to the
   interpolation at the crop's border (tested); it is the same crop with or without
-  `center_square`. The ten crops are cut from the whole resized image, or from its central
-  `resize_size` square with `center_square`: the paper's 256x256 images (§2).
+  `center_square`. The five crops are cut from the whole resized image, or with `center_square`
+  from its central `resize_size` square, the paper's 256x256 image (§2), of which only the
+  shorter-side square of the original is decoded and resized.
   """
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
   if config.eval_crops != 10:
     return center_crop(encoded, **sizes)
-  image = resize_shorter_side(tf.io.decode_image(encoded, channels=3, expand_animations=False),
-                              config.resize_size)
-  if config.center_square:  # the corners of the paper's 256x256 image (§2, §4.1)
-    image = center_crop_image(image, config.resize_size)
-  return ten_crop(image, config.image_size)
+  window_fn = central_square_window if config.center_square else whole_image_window
+  image = resize_shorter_side(decode_window(encoded, window_fn), config.resize_size)
+  return five_crop(image, config.image_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -645,7 +658,8 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
                  process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """One pass over this process's shard of the eval split, padded to a batch count all processes share.
 
-  {'image': uint8 [B, S, S, 3] or [B, 10, S, S, 3] (eval_crops=10), 'label': int32 [B],
+  {'image': uint8 [B, S, S, 3] or [B, 5, S, S, 3] (eval_crops=10: the corner and center crops,
+   mirrored on the device), 'label': int32 [B],
    'mask': bool [B]}, where padding examples have mask False.
   """
   _check_sizes(config)
@@ -653,7 +667,7 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
   # The largest shard sets the batch count of every process, so that their collectives line up.
   largest = -(-shard.split_size // process_count)
   num_batches = -(-largest // local_batch_size)
-  crops = [10] if config.eval_crops == 10 else []
+  crops = [5] if config.eval_crops == 10 else []
   image_shape = crops + [config.image_size, config.image_size, 3]
 
   ds = shard.examples(0, shard.size).map(

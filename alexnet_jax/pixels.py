@@ -6,10 +6,11 @@ the paper's preprocessing run here, inside the jitted step:
   x = ((mirrored if flip else pixel) + rgb_shift - mean) / std   per channel, as `config.augment` sets
 Doing them on the device rather than in tf.data sends a quarter of the bytes to the accelerator
 (uint8, not float32) and spares the input pipeline a copy, two float passes and a float32 batch per
-step on the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses them into one pass.
+step on the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses them into one pass. For a
+10-crop evaluation the sources deliver five crops per image and the mirrored five are made here.
 
 Synthetic sources (alexnet_jax/synthetic.py) deliver float32 images that are model inputs already;
-they pass through unchanged.
+they pass through unchanged (but for the mirrors of 10-crop evaluation).
 """
 
 from collections.abc import Mapping
@@ -41,19 +42,30 @@ def flipped(batch: Mapping[str, jax.Array]) -> jax.Array:
   return jnp.where(mirror, images[:, :, ::-1], images)
 
 
-def model_input(batch: Mapping[str, jax.Array], augment: ml_collections.ConfigDict) -> jax.Array:
-  """The network's input for `batch`: float32 images of the shape of `batch['image']`.
+def with_mirrors(crops: jax.Array) -> jax.Array:
+  """§4.1's ten test-time patches from the five the pipeline delivers: [B, 5, H, W, C] (four
+  corners and the center) -> [B, 10, H, W, C], those five and then their left-right mirrors.
 
-  uint8 images [B, H, W, 3] or [B, crops, H, W, 3] become (pixel + rgb_shift - mean) / std, the
-  images `batch['flip']` [B] marks mirrored first and the per-example shift `batch['rgb_shift']`
-  [B, 3] added, when the batch has them. Float images pass through.
+  The host ships half the crops and copies none of them again: mirroring in tf.data cost more CPU
+  than the decode (docs/benchmarks.md, "Input pipeline").
+  """
+  return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
+
+
+def model_input(batch: Mapping[str, jax.Array], augment: ml_collections.ConfigDict) -> jax.Array:
+  """The network's input for `batch`: float32 images [B, H, W, 3], or [B, 10, H, W, 3] for the
+  five crops [B, 5, H, W, 3] of a 10-crop evaluation, their mirrors appended (`with_mirrors`).
+
+  uint8 pixels become (pixel + rgb_shift - mean) / std, the images `batch['flip']` [B] marks
+  mirrored first and the per-example shift `batch['rgb_shift']` [B, 3] added, when the batch has
+  them. Float images are model inputs already and are only given their mirrors.
   """
   images = batch['image']
-  if images.dtype != jnp.uint8:
-    return images
-  x = flipped(batch).astype(jnp.float32)
-  if 'rgb_shift' in batch:
-    shift = batch['rgb_shift'].astype(jnp.float32)
-    x = x + shift.reshape(shift.shape[:1] + (1,) * (images.ndim - 2) + (3,))
-  mean, std = mean_and_std(augment)
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = flipped(batch).astype(jnp.float32)
+    if 'rgb_shift' in batch:
+      shift = batch['rgb_shift'].astype(jnp.float32)
+      x = x + shift.reshape(shift.shape[:1] + (1,) * (images.ndim - 2) + (3,))
+    mean, std = mean_and_std(augment)
+    images = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return with_mirrors(images) if images.ndim == 5 else images

@@ -59,7 +59,8 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval split's preprocessing of one image file, before normalization: uint8 [crops, S, S, 3]."""
+  """The eval split's preprocessing of one image file, before normalization and mirrors: uint8
+  [S, S, 3], or [5, S, S, 3] with `eval_crops=10`."""
   if config.eval_crops not in (1, 10):
     raise ValueError(f'eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only real images need it)
@@ -68,7 +69,7 @@ def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
     image = input_pipeline.preprocess_eval(tf.io.read_file(path), config).numpy()
   except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
     raise ValueError(f'{path}: cannot be read as an image ({e.message.splitlines()[0]}).') from e
-  return image if config.eval_crops == 10 else image[None]
+  return image
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -83,7 +84,9 @@ def predict(loaded: evaluate.Loaded, paths: list[str], top_k: int = TOP_K
   names = class_names(loaded.config)
   results = []
   for path in paths:
-    crops = pixels.model_input({'image': preprocess(path, loaded.config)}, loaded.config.augment)
+    batch = {'image': preprocess(path, loaded.config)[None]}
+    images = pixels.model_input(batch, loaded.config.augment)
+    crops = images.reshape((-1,) + images.shape[-3:])  # 1 or 10
     probs = np.asarray(_probabilities(loaded.model, loaded.params, crops))
     top = np.argsort(-probs)[:top_k]
     results.append([(names[i], float(probs[i])) for i in top])

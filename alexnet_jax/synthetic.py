@@ -87,6 +87,6 @@ def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, pr
     global_indices = np.arange(start, start + global_batch_size)[own]
     mask = global_indices < num_examples
     images, labels = _make_examples(config, 'eval', np.where(mask, global_indices, 0), patterns)
-    if config.eval_crops == 10:  # the same image in every crop slot keeps shapes uniform
-      images = np.repeat(images[:, None], 10, axis=1)
+    if config.eval_crops == 10:  # the same image as each of the five crops (mirrored on the device)
+      images = np.repeat(images[:, None], 5, axis=1)
     yield {'image': images, 'label': labels, 'mask': mask}

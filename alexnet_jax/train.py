@@ -166,7 +166,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet,
               augment: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Sums of loss and errors over the unmasked examples of the whole (all-device) batch.
 
-  With 10 crops ([B, 10, H, W, 3]) the softmax predictions of the crops are averaged, as in §4.1 of the
+  With 10 crops (five per image in the batch, [B, 10, H, W, 3] once `pixels.model_input` has added
+  their mirrors) the softmax predictions of the crops are averaged, as in §4.1 of the
   paper ("averaging the predictions made by the network's softmax layer on the ten patches").
   """
   images = pixels.model_input(batch, augment)

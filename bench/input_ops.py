@@ -7,7 +7,8 @@ random uint8 image; the median of three loops is printed. The rows behind two ch
 alexnet_jax/input_pipeline.py (docs/benchmarks.md, "Input pipeline"):
   * `_resize` resizes a float32 copy of the crop window: TensorFlow's bilinear kernel is faster on
     float32 than on uint8 input, by more than the cast costs;
-  * `ten_crop` mirrors the five crops with `tf.reverse`, not the strided slice `crops[:, :, ::-1]`.
+  * the 10-crop evaluation mirrored its five crops with `tf.reverse`, not the strided slice
+    `crops[:, :, ::-1]` (it now mirrors them on the device, `pixels.with_mirrors`).
 """
 
 import argparse

@@ -112,7 +112,7 @@ def test_eval_shards_are_disjoint_padded_and_covering(folder):
                                                process_index=process_index, process_count=4))
     batch_counts.add(len(batches))
     for batch in batches:
-      assert batch['image'].shape == (3, 10, 32, 32, 3)
+      assert batch['image'].shape == (3, 5, 32, 32, 3)
       seen += [image.tobytes() for image in batch['image'][batch['mask']]]
   assert batch_counts == {1}
   assert len(seen) == len(set(seen)) == 6

@@ -131,15 +131,14 @@ def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
   np.testing.assert_array_equal(input_pipeline.lighting_shift(KEYS[0], 0.0), np.zeros(3))
 
 
-def test_ten_crop_is_corners_center_and_their_mirrors():
+def test_five_crop_is_the_corners_and_the_center():
   image = _image(12, 16)
-  crops = input_pipeline.ten_crop(image, 8).numpy()
-  assert crops.shape == (10, 8, 8, 3)
+  crops = input_pipeline.five_crop(image, 8).numpy()
+  assert crops.shape == (5, 8, 8, 3)
   array = image.numpy()
   expected = [array[:8, :8], array[:8, 8:], array[4:, :8], array[4:, 8:], array[2:10, 4:12]]
-  for i, crop in enumerate(expected):
-    np.testing.assert_array_equal(crops[i], crop)
-    np.testing.assert_array_equal(crops[5 + i], crop[:, ::-1])
+  for crop, want in zip(crops, expected):
+    np.testing.assert_array_equal(crop, want)
 
 
 def test_resize_shorter_side():
@@ -216,9 +215,28 @@ def test_ten_crops_come_from_the_central_square_or_the_whole_image(center_square
   config.center_square = center_square
   crops = input_pipeline.preprocess_eval(tf.constant(input_images.encode(array, 'PNG')), config)
   region = array[:, 10:50] if center_square else array  # the paper's square: 40x40 in the middle
-  np.testing.assert_array_equal(crops, input_pipeline.ten_crop(tf.constant(region), 32))
+  np.testing.assert_array_equal(crops, input_pipeline.five_crop(tf.constant(region), 32))
   top_right = array[:32, 18:50] if center_square else array[:32, 28:60]
   np.testing.assert_array_equal(crops[1], top_right)
+
+
+@pytest.mark.parametrize('height,width', [(375, 500), (500, 375)])
+def test_ten_crop_square_decoded_as_a_window_matches_resize_then_crop(height, width):
+  # The JPEG's central square decoded alone and resized to 256x256, against the whole image decoded,
+  # resized to shorter side 256 and its central square cut: the same five crops up to a sub-pixel
+  # shift and the interpolation at the square's border.
+  y, x = np.mgrid[0:height, 0:width] / 40.0
+  array = np.stack([np.sin(y) * np.cos(x), np.sin(x + y), np.cos(0.7 * y - x)], axis=-1)
+  encoded = tf.constant(input_images.encode(np.round(127.5 + 120 * array).astype(np.uint8)))
+  config = default.get_config()
+  config.eval_crops = 10
+  crops = input_pipeline.preprocess_eval(encoded, config).numpy().astype(np.float32)
+  whole = input_pipeline.resize_shorter_side(tf.io.decode_jpeg(encoded, channels=3), 256)
+  square = input_pipeline.center_crop_image(whole, 256)
+  expected = input_pipeline.five_crop(square, 227).numpy().astype(np.float32)
+  assert crops.shape == expected.shape == (5, 227, 227, 3)
+  error = np.abs(crops - expected)
+  assert error.mean() < 2 and np.median(error) <= 1, (error.mean(), np.median(error))
 
 
 def test_preprocess_eval_shapes():
@@ -227,7 +245,7 @@ def test_preprocess_eval_shapes():
   image = input_pipeline.preprocess_eval(_jpeg(48, 64), config)
   assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
   config.eval_crops = 10
-  assert input_pipeline.preprocess_eval(_jpeg(64, 48), config).shape == (10, 32, 32, 3)
+  assert input_pipeline.preprocess_eval(_jpeg(64, 48), config).shape == (5, 32, 32, 3)
 
 
 # imagenet2012 on mock data --------------------------------------------------------------------------
@@ -307,7 +325,7 @@ def test_mock_imagenet_eval_batches_pad_and_mask(mock_imagenet, eval_crops):
                                                process_index=process_index, process_count=3))
     assert len(batches) == 2  # the largest shard: ceil(11 / 3) = 4 examples, 2 batches
     for batch in batches:
-      expected = (2, 10, 32, 32, 3) if eval_crops == 10 else (2, 32, 32, 3)
+      expected = (2, 5, 32, 32, 3) if eval_crops == 10 else (2, 32, 32, 3)
       assert batch['image'].shape == expected and batch['image'].dtype == np.uint8
       assert batch['mask'].dtype == bool
       assert not batch['image'][~batch['mask']].any()  # padding is zeros

@@ -1,7 +1,6 @@
 """The on-device end of the preprocessing: uint8 pixels, flips and lighting shifts to the network's input."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import pixels
@@ -56,16 +55,21 @@ def test_flip_mirrors_exactly_the_marked_images():
                              pixels.model_input({'image': mirrored}, augment), rtol=1e-6)
 
 
-def test_ten_crop_batches_and_float_inputs():
+def test_five_crops_become_the_ten_with_their_mirrors_and_float_inputs_pass():
   augment = default.get_config().augment
-  crops = _pixels((2, 10, 4, 4, 3))
-  inputs = pixels.model_input({'image': crops}, augment)
-  assert inputs.shape == crops.shape and inputs.dtype == jnp.float32
-  np.testing.assert_allclose(inputs[1, 7], pixels.model_input({'image': crops[1, 7][None]},
-                                                              augment)[0], atol=1e-6)
-  # Synthetic sources deliver model inputs already: passed through untouched.
+  crops = _pixels((2, 5, 4, 6, 3))
+  inputs = np.asarray(pixels.model_input({'image': crops}, augment))
+  assert inputs.shape == (2, 10, 4, 6, 3) and inputs.dtype == np.float32
+  normalized = np.asarray(pixels.model_input({'image': crops.reshape(10, 4, 6, 3)}, augment))
+  normalized = normalized.reshape(crops.shape)
+  np.testing.assert_allclose(inputs[:, :5], normalized, atol=1e-6)
+  np.testing.assert_allclose(inputs[:, 5:], normalized[:, :, :, ::-1], atol=1e-6)
+  # Synthetic sources deliver model inputs already: passed through untouched, but mirrored as crops.
   floats = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
   assert pixels.model_input({'image': floats}, augment) is floats
+  five = np.stack([floats] * 5, axis=1)
+  np.testing.assert_array_equal(pixels.model_input({'image': five}, augment)[:, 7],
+                                floats[:, :, ::-1])
 
 
 def test_model_input_jits():

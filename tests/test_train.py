@@ -175,7 +175,8 @@ def test_ten_crop_eval_averages_softmax_predictions():
       lambda b: train.eval_step(params, b, model=model, augment=config.augment),
       mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
       in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
-  probs = jax.nn.softmax(model.apply({'params': params}, crops.reshape((-1,) + crops.shape[2:])))
+  ten = np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)  # the five and their mirrors
+  probs = jax.nn.softmax(model.apply({'params': params}, ten.reshape((-1,) + ten.shape[2:])))
   mean_probs = np.asarray(probs).reshape(8, 10, -1).mean(1)
   expected_loss = -np.log(mean_probs[np.arange(8), batch['label']]).sum()
   assert float(sums['count']) == 8

@@ -1,7 +1,8 @@
 """Checks a config before anything compiles; each problem is one line naming the key and what it allows.
 
 `validate(config)` covers everything knowable from the config alone; `validate_devices(config, n)` what
-also depends on the device count, which is known only after `jax.distributed.initialize`.
+also depends on the device count, which is known only after `jax.distributed.initialize` (batch
+splits, and all of `model_parallel=2`'s requirements, checked together).
 """
 
 from collections.abc import Callable
@@ -149,10 +150,20 @@ def _validate_dataset(dataset: str, data_dir: str | None) -> None:
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int,
                      process_count: int = 1) -> None:
-  """Raises ConfigError unless the global batches split evenly over devices and processes."""
+  """Raises ConfigError unless the global batches split evenly over the data-parallel replicas
+  (every device, or every pair of devices with `model_parallel=2`) and the processes, and
+  `model_parallel=2` can pair up these devices for this model."""
+  replicas, what_replicas = device_count, 'devices'
+  if config.model_parallel == 2:
+    from alexnet_jax import model_parallel  # pylint: disable=g-import-not-at-top  (JAX; only here)
+    try:
+      model_parallel.check_config(config, device_count, process_count)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    replicas, what_replicas = device_count // 2, 'device pairs (model_parallel=2)'
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key] if config[key] > 0 else config.batch_size
-    for count, what in ((device_count, 'devices'), (process_count, 'processes')):
+    for count, what in ((replicas, what_replicas), (process_count, 'processes')):
       if value % count:
         fits = [n for n in (value - value % count, value - value % count + count) if n > 0]
         raise ConfigError(

@@ -97,6 +97,10 @@ def initialize() -> None:
                jax.process_count(), jax.process_index(), cluster, socket.gethostname())
 
 
+class WorkdirNotSharedError(RuntimeError):
+  """The workdir is not one directory seen by every process."""
+
+
 def check_shared_workdir(workdir: str) -> None:
   """Raises on every process unless all processes see the same `workdir`.
 
@@ -124,7 +128,7 @@ def check_shared_workdir(workdir: str) -> None:
     token_file.unlink()
   if not all_see_token.all():
     blind = [int(i) for i in np.flatnonzero(~all_see_token)]
-    raise RuntimeError(
+    raise WorkdirNotSharedError(
         f'--workdir={workdir} is not the same directory on every process: processes {blind} do '
         'not see the file process 0 wrote there. Put the workdir on storage all hosts share '
         '(NFS, Lustre, GCS, ...); a host-local path makes multi-host checkpointing hang.')

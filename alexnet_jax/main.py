@@ -92,7 +92,10 @@ def main(argv: list[str]) -> None:
     config_validation.validate_devices(config, jax.device_count(), jax.process_count())
   except config_validation.ConfigError as e:
     _fail(str(e), CONFIG_ERROR_EXIT_CODE)
-  distributed.check_shared_workdir(_WORKDIR.value)
+  try:
+    distributed.check_shared_workdir(_WORKDIR.value)
+  except distributed.WorkdirNotSharedError as e:
+    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
 
   try:
     train.train_and_evaluate(config, _WORKDIR.value)

@@ -210,6 +210,27 @@ def state_specs(tree: Any) -> Any:
   return jax.tree_util.tree_map_with_path(spec, tree)
 
 
+def check_config(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
+  """Raises ValueError if model_parallel=2 cannot run `config` on `device_count` devices shared
+  evenly by `process_count` processes (the number of classes is checked by `TowerPair`, as it may
+  come from the dataset)."""
+  if config.model.variant != 'paper' or config.model.groups != TOWERS:
+    raise ValueError(
+        f'model_parallel=2 splits the paper layout into its two towers; it needs '
+        f'model.variant=\'paper\' and model.groups=2, got variant={config.model.variant!r}, '
+        f'groups={config.model.groups!r}. Set those, or use model_parallel=1.')
+  if config.optimizer == 'lars':
+    raise ValueError('config.optimizer=\'lars\' scales each layer by the norms of its weights and '
+                     'gradients, which model_parallel=2 splits over two devices; use \'sgd\' or '
+                     '\'adamw\', or model_parallel=1.')
+  if device_count % TOWERS:
+    raise ValueError(f'model_parallel=2 pairs up devices; {device_count} devices is odd. Use an even '
+                     f'number of devices, or model_parallel=1.')
+  if (device_count // process_count) % TOWERS:
+    raise ValueError(f'model_parallel=2 keeps both towers of a network in one process; each process '
+                     f'has {device_count // process_count} devices. Use an even number per process.')
+
+
 class ModelParallel:
   """jit + shard_map over a ("data", "model") mesh of n/2 x 2 devices; the interface of
   `train.ShardMapParallel` (see make_parallel in train.py)."""
@@ -217,16 +238,7 @@ class ModelParallel:
   def __init__(self, config: ml_collections.ConfigDict, model: alexnet.AlexNet,
                tx: optax.GradientTransformation, devices: list[Any] | None = None):
     devices = np.asarray(devices or jax.devices())
-    if devices.size % TOWERS:
-      raise ValueError(f'model_parallel=2 pairs up devices; {devices.size} devices is odd. Use an even '
-                       f'number of devices, or model_parallel=1.')
-    if jax.process_count() > 1 and jax.local_device_count() % TOWERS:
-      raise ValueError(f'model_parallel=2 keeps both towers of a network in one process; each process '
-                       f'has {jax.local_device_count()} devices. Use an even number per process.')
-    if config.optimizer == 'lars':
-      raise ValueError('config.optimizer=\'lars\' scales each layer by the norms of its weights and '
-                       'gradients, which model_parallel=2 splits over two devices; use \'sgd\' or '
-                       '\'adamw\', or model_parallel=1.')
+    check_config(config, devices.size, jax.process_count())
     towers = TowerPair(model)
     self.mesh = Mesh(devices.reshape(-1, TOWERS), (train.DATA_AXIS, MODEL_AXIS))
     self.split = NamedSharding(self.mesh, P(train.DATA_AXIS))
@@ -258,12 +270,7 @@ class ModelParallel:
   def put_state(self, tree: Any) -> Any:
     """Host values (identical on every process) to the devices, split as `state_specs` says; device
     arrays already laid out that way stay put."""
-    def put(x, sharding):
-      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
-        return x
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return jax.tree.map(put, tree, self._shardings(tree))
+    return jax.tree.map(train.put_on, tree, self._shardings(tree))
 
   def abstract_state(self, host_state: Any) -> Any:
     """Shapes and shardings for restoring a checkpoint (of either layout) straight onto the devices."""

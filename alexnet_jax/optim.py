@@ -38,8 +38,13 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   if config.lr_schedule in ('plateau', 'constant'):
     main = optax.constant_schedule(base)
   elif config.lr_schedule == 'step':
-    boundaries = {int(epoch * steps_per_epoch) - warmup_steps: 0.1 for epoch in config.step_epochs}
-    main = optax.piecewise_constant_schedule(base, {b: s for b, s in boundaries.items() if b > 0})
+    # Each entry divides the rate by 10 from that epoch on (epochs count from the start, warmup
+    # included); an entry within the warmup takes effect when it ends, and a repeated one counts twice.
+    scales = {}
+    for epoch in config.step_epochs:
+      boundary = max(int(epoch * steps_per_epoch) - warmup_steps, 0)
+      scales[boundary] = scales.get(boundary, 1.0) * 0.1
+    main = optax.piecewise_constant_schedule(base * scales.pop(0, 1.0), scales)
   elif config.lr_schedule == 'cosine':
     main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup_steps, 1))
   else:
@@ -78,10 +83,6 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
 def current_learning_rate(opt_state: optax.OptState):
   """The rate the last update used (an array in the optimizer state)."""
   return opt_state.hyperparams['learning_rate'] * opt_state.hyperparams['plateau_scale']
-
-
-def plateau_scale(opt_state: optax.OptState) -> float:
-  return float(opt_state.hyperparams['plateau_scale'])
 
 
 def with_plateau_scale(opt_state: optax.OptState, scale: float) -> optax.OptState:

@@ -64,12 +64,12 @@ class Preempted(Exception):
 
 @struct.dataclass
 class TrainState:
-  step: jax.Array  # int32: number of updates done
+  step: jax.Array  # int32: number of steps taken, skipped non-finite ones included
   params: Any
   opt_state: Any
   # Non-finite steps are never applied (see train_step); these record them for the host to act on.
   nonfinite_steps: jax.Array  # int32
-  first_nonfinite_step: jax.Array  # int32, -1 while all steps were finite
+  first_nonfinite_step: jax.Array  # int32, the 0-based index of the first such update, or -1
   # The plateau schedule's bookkeeping (updated on the host after each eval).
   plateau_best_err: jax.Array  # float32, best eval top-1 error so far
   plateau_bad_evals: jax.Array  # int32, evals since it last improved
@@ -187,6 +187,15 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet,
   return jax.lax.psum(sums, DATA_AXIS)
 
 
+def put_on(x: Any, sharding: NamedSharding) -> jax.Array:
+  """`x` laid out as `sharding`: a host value (identical on every process) is copied to the devices;
+  a device array already laid out that way stays put."""
+  if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    return x
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 class ShardMapParallel:
   """jit + shard_map over a 1-D mesh of every device of every process (or of `devices`)."""
 
@@ -207,12 +216,7 @@ class ShardMapParallel:
 
   def put_state(self, tree: Any) -> Any:
     """Replicates host values (identical on every process) to every device; device arrays stay put."""
-    def put(x):
-      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
-        return x
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
-    return jax.tree.map(put, tree)
+    return jax.tree.map(lambda x: put_on(x, self.replicated), tree)
 
   def abstract_state(self, host_state: Any) -> Any:
     """Shapes and shardings for restoring a checkpoint straight onto the devices."""
@@ -232,16 +236,19 @@ class ShardMapParallel:
 
 
 class PmapParallel:
-  """The classic `jax.pmap` over this process's devices (or `devices`); state carries a leading
-  device axis."""
+  """The classic `jax.pmap` over every device of every process (or `devices`); each process holds
+  the state and feeds the batch of its own devices, with a leading device axis."""
 
   def __init__(self, train_fn: Callable, eval_fn: Callable, devices: list[Any] | None = None):
-    self.devices = devices or jax.local_devices()
+    # pmap needs the same device list on every process: its collectives span that list, so a
+    # list of this process's devices alone would average gradients within each process only.
+    all_devices = devices or jax.devices()
+    self.devices = [d for d in all_devices if d.process_index == jax.process_index()]
     self.local_mesh = Mesh(np.asarray(self.devices), (DATA_AXIS,))
     self.stacked = NamedSharding(self.local_mesh, P(DATA_AXIS))
     self.train_step = jax.pmap(train_fn, axis_name=DATA_AXIS, donate_argnums=(0,),
-                               devices=self.devices)
-    self.eval_step = jax.pmap(eval_fn, axis_name=DATA_AXIS, devices=self.devices)
+                               devices=all_devices)
+    self.eval_step = jax.pmap(eval_fn, axis_name=DATA_AXIS, devices=all_devices)
 
   def put_state(self, tree: Any) -> Any:
     """Copies host values to every local device (leading device axis); stacked arrays stay put."""
@@ -393,7 +400,7 @@ def _check_finite(state: TrainState, config: ml_collections.ConfigDict, parallel
         f'config.learning_rate.')
   if first_bad >= 0 and not config.skip_nonfinite_steps:
     raise NonFiniteLossError(
-        f'The loss or a gradient became NaN/Inf at step {int(first_bad)} (that update was not '
+        f'The loss or a gradient became NaN/Inf at step {int(first_bad) + 1} (that update was not '
         f'applied). {kept} Lower config.learning_rate, check the data, or set '
         f'config.skip_nonfinite_steps=True to skip such steps.')
   return int(count)
@@ -473,6 +480,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if checkpointer.latest_step() is not None:
     logging.info('resuming from %s, step %d', checkpointer.directory, checkpointer.latest_step())
     state = parallel.put_state(checkpointer.restore(parallel.abstract_state(host_state)))
+    if parallel.fetch(state.first_nonfinite_step) >= 0 and not config.skip_nonfinite_steps:
+      # Only a run with skip_nonfinite_steps saves after a non-finite step, which it did not apply;
+      # with skipping now off, this run stops at its own first one (the count goes on).
+      logging.info('the checkpoint skipped %d non-finite steps; skipping is off from here',
+                   int(parallel.fetch(state.nonfinite_steps)))
+      state = parallel.put_state(state.replace(first_nonfinite_step=np.int32(-1)))
   else:
     if config.init_from:  # start from another run's or converted params; fc8 fresh if it differs
       host_state = host_state.replace(
@@ -547,7 +560,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_image(done, 'conv1_kernels', visualize.conv1_kernel_grid(
             {'conv1': parallel.fetch(state.params['conv1'])}, visualize.kernel_groups(config)),
             split='eval')
-        interval_start = time.time()  # eval time is not training throughput
+        interval_start += time.time() - eval_start  # eval time is not training throughput
 
       stop = watcher.should_stop(done, check_all_processes=is_log_step)
       if done % config.checkpoint_every_steps == 0 or is_last or stop:

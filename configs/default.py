@@ -87,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   config.init_from = ''  # a workdir (alexnet_jax.convert or a finished run) whose params start this run; fc8 fresh if num_classes differs
   config.seed = 0
-  config.skip_nonfinite_steps = False  # False: a NaN/Inf loss or gradient stops the run; True: skip the step
+  # False: a NaN/Inf loss or gradient stops the run; True: skip the step (not applied, so the rate
+  # schedule, which counts applied updates, does not advance either).
+  config.skip_nonfinite_steps = False
   config.parallelism = 'shard_map'  # 'shard_map' | 'pmap'
   config.model_parallel = 1  # 2: the paper's two-device split of every layer (a ('data', 'model') mesh)
   config.log_every_steps = 100

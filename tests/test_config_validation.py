@@ -1,6 +1,7 @@
 """Config checks: every bad value is one line naming the key and what it allows, before JAX compiles."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -99,6 +100,24 @@ def test_batches_must_split_evenly_over_devices_and_processes(key, batch, device
   with pytest.raises(config_validation.ConfigError) as error:
     config_validation.validate_devices(config, device_count=devices, process_count=processes)
   assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize('overrides, devices, processes, message', [
+    ({'model__groups': 1}, 8, 1, "needs model.variant='paper' and model.groups=2, got"),
+    ({'optimizer': 'lars'}, 8, 1, "config.optimizer='lars' scales each layer"),
+    ({}, 3, 1, 'model_parallel=2 pairs up devices; 3 devices is odd.'),
+    ({}, 6, 2, 'each process has 3 devices. Use an even number per process.'),
+    ({'batch_size': 12}, 16, 1, 'config.batch_size=12 does not split evenly over 8 device pairs'),
+])
+def test_model_parallel_setups_are_config_errors(overrides, devices, processes, message):
+  config = config_with(model_parallel=2, **overrides)
+  with pytest.raises(config_validation.ConfigError, match=re.escape(message)):
+    config_validation.validate_devices(config, device_count=devices, process_count=processes)
+
+
+def test_model_parallel_batches_split_over_device_pairs():
+  # 12 images over 8 devices in 4 pairs: 3 per pair, which model_parallel=2 needs, not 12 / 8.
+  config_validation.validate_devices(config_with(model_parallel=2, batch_size=12), device_count=8)
 
 
 def test_a_synthetic_config_is_validated_without_tensorflow():

@@ -90,14 +90,16 @@ def _assert_same_final_params(one_dir: str, two_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize('parallelism', ['shard_map', 'pmap'])
+def test_two_processes_train_like_one(tmp_path, parallelism):
   """1 process x 2 devices and 2 processes x 1 device see the same global batches and devices, so
   they must end at the same parameters. Tolerance: 1e-6 absolute (float32 all-reduce order across
-  processes may differ from in-process; in practice the results are bit-identical)."""
+  processes may differ from in-process; in practice the results are bit-identical). With pmap this
+  failed when each process's pmap spanned its own devices only: no gradient crossed processes."""
   # An eval (with its best-checkpoint save) and a checkpoint at every other step: both Orbax managers
   # save the same step at once, which across processes needs distinct barrier names.
   one_dir, two_dir = _train_in_one_and_in_two_processes(
-      tmp_path, 2, eval_every_steps=2, checkpoint_every_steps=2)
+      tmp_path, 2, eval_every_steps=2, checkpoint_every_steps=2, parallelism=parallelism)
   # Only process 0 writes metrics: every record appears once.
   with open(os.path.join(two_dir, 'metrics.jsonl')) as f:
     records = [(r['split'], r['step']) for r in map(json.loads, f)]

@@ -270,7 +270,8 @@ def test_two_processes_agree_on_the_step_they_save_when_one_is_signalled(tmp_pat
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, run_env,
                                                                            reference):
   # Resume the finished reference for 4 more steps at a rate that blows the params up at once, so
-  # the loss of the next step (17, or 16 if the first update already overflows) is not finite.
+  # the loss of step 18 (or of step 17, if its own update already overflows) is not finite. Steps
+  # are counted as in metrics.jsonl: step N is the N-th update.
   workdir = copy_of(reference, tmp_path)
   more_steps = ('--config.num_train_steps=20', '--config.learning_rate=1e30')
   run = Run(workdir, run_env, *more_steps)
@@ -280,7 +281,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
                     r'and is intact\.', run.log())
   assert error, run.log()[-3000:]
   bad_step = int(error.group(1))
-  assert TOTAL_STEPS <= bad_step < 18 and int(error.group(2)) == TOTAL_STEPS  # stopped at log step 18
+  assert TOTAL_STEPS < bad_step <= 18 and int(error.group(2)) == TOTAL_STEPS  # stopped at log step 18
   assert checkpoint_manager(workdir).all_steps()[-1] == TOTAL_STEPS
   assert_bitwise_equal(restore(workdir)[1], restore(reference)[1])
 
@@ -288,14 +289,23 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   # skipped (none applied, the checkpoint stays finite), counted and logged.
   run = Run(workdir, run_env, *more_steps, '--config.skip_nonfinite_steps=True')
   run.finish()
-  assert (f'step 18: {18 - bad_step} steps with a NaN/Inf loss or gradient skipped so '
+  assert (f'step 18: {18 - bad_step + 1} steps with a NaN/Inf loss or gradient skipped so '
           'far (their updates were not applied)') in run.log()
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     last_train_row = [json.loads(line) for line in f if '"train"' in line][-1]
-  assert last_train_row['step'] == 20 and last_train_row['nonfinite_steps'] == 20 - bad_step
+  assert last_train_row['step'] == 20 and last_train_row['nonfinite_steps'] == 20 - bad_step + 1
   step, state = restore(workdir)
   assert step == 20 and all(np.isfinite(v).all() for k, v in state.items() if k.startswith('/params'))
-  assert state['/nonfinite_steps'] == 20 - bad_step and state['/first_nonfinite_step'] == bad_step
+  assert state['/nonfinite_steps'] == 20 - bad_step + 1
+  assert state['/first_nonfinite_step'] == bad_step - 1  # the 0-based index of the update
+
+  # Skipping off again: the steps skipped above do not stop the run (they did, naming step
+  # `bad_step`, before such a resume started afresh); its own first bad step does.
+  run = Run(workdir, run_env, '--config.num_train_steps=22', '--config.learning_rate=1e30')
+  assert run.wait() == 1
+  named = re.search(r'error: The (?:loss or a gradient became NaN/Inf at|parameters or optimizer '
+                    r'state became NaN/Inf by) step (\d+)', run.log())
+  assert named and 20 < int(named.group(1)) <= 22, run.log()[-3000:]
 
 
 def test_a_failed_checkpoint_write_is_reported_and_the_previous_checkpoint_survives(tmp_path, run_env,

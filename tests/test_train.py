@@ -87,7 +87,7 @@ def test_a_step_with_a_nan_gradient_is_not_applied_and_an_overflowed_update_is_c
   for kept, before in zip(jax.tree.leaves(parallel.fetch((state.params, state.opt_state))),
                           jax.tree.leaves(good)):
     np.testing.assert_array_equal(kept, before)
-  with pytest.raises(train.NonFiniteLossError, match=r'The loss or a gradient became NaN/Inf at step 1 '
+  with pytest.raises(train.NonFiniteLossError, match=r'The loss or a gradient became NaN/Inf at step 2 '
                      r'\(that update was not applied\)\. No checkpoint was written\.'):
     train._check_finite(state, config, parallel, checkpointer)
   with config.unlocked():
@@ -132,6 +132,16 @@ def test_learning_rate_schedules_with_warmup(schedule):
     assert float(rates(25)) == pytest.approx(0.05) and float(rates(40)) == pytest.approx(0.0)
   if schedule in ('constant', 'plateau'):
     assert float(rates(39)) == pytest.approx(0.1)
+
+
+def test_step_schedule_keeps_every_reduction():
+  # An epoch within the warmup divides the rate when the warmup ends; a repeated epoch divides twice.
+  config = tiny_config(lr_schedule='step', warmup_epochs=1.0, learning_rate=0.1, step_epochs=(1, 3))
+  rates = optim.create_learning_rate_schedule(config, steps_per_epoch=10, total_steps=40)
+  assert [float(rates(s)) for s in (15, 35)] == pytest.approx([0.01, 0.001])
+  config = tiny_config(lr_schedule='step', learning_rate=0.1, step_epochs=(2, 2))
+  rates = optim.create_learning_rate_schedule(config, steps_per_epoch=10, total_steps=40)
+  assert [float(rates(s)) for s in (15, 25)] == pytest.approx([0.1, 0.001])
 
 
 def test_linear_scaling_of_the_learning_rate():
@@ -240,10 +250,14 @@ def _restore_params(workdir):
 
 
 def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
+  # The paper's plateau schedule, at a rate too small to improve anything, so the rate is divided
+  # at evals before and after the resume: its bookkeeping must come back from the checkpoint.
+  plateau = ('--config.lr_schedule=plateau', '--config.learning_rate=1e-9',
+             '--config.eval_every_steps=2', '--config.plateau_patience_epochs=0.1')
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  _main(straight, '--config.num_train_steps=8')
-  _main(resumed, '--config.num_train_steps=4')
-  second = _main(resumed, '--config.num_train_steps=8')
+  _main(straight, '--config.num_train_steps=8', *plateau)
+  _main(resumed, '--config.num_train_steps=4', *plateau)
+  second = _main(resumed, '--config.num_train_steps=8', *plateau)
   assert 'resuming from' in second.stderr
   step_a, params_a = _restore_params(straight)
   step_b, params_b = _restore_params(resumed)
@@ -252,6 +266,9 @@ def test_resume_in_a_new_process_matches_an_uninterrupted_run(tmp_path):
   eval_rows = lambda d: [json.loads(l) for l in open(os.path.join(d, 'metrics.jsonl'))
                          if '"eval"' in l]
   assert eval_rows(straight)[-1]['loss'] == eval_rows(resumed)[-1]['loss']
+  rates = [row['learning_rate'] for row in eval_rows(resumed)]
+  assert rates == [row['learning_rate'] for row in eval_rows(straight)]
+  assert rates == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11])  # divided after the resume at step 4
 
 
 @pytest.mark.parametrize('override, message', [

@@ -79,7 +79,11 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
   config_validation.validate(convert.load_config(workdir, **overrides))
   loaded = load(workdir, checkpoint, **overrides)
   config = loaded.config
-  info = data.get_dataset_info(config)
+  # The info of the eval split alone: a folder dataset's info also decodes every image of the split
+  # it names as training to count the good ones, which evaluation never reads.
+  info_config = config.copy_and_resolve_references()
+  info_config.train_split = config.eval_split
+  info = data.get_dataset_info(info_config)
   if info.num_classes != config.num_classes:
     raise ValueError(
         f'{config.dataset} has {info.num_classes} classes but the model in {workdir} has '

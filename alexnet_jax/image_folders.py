@@ -1,7 +1,7 @@
 """`folder:/path` datasets: images in class folders, and which of them decode.
 
   /path/train/<class>/**/*.jpg|jpeg|png    the training split; classes are the sorted folder names
-  /path/val/<class>/...                    'validation' reads val/, validation/ or test/
+  /path/val/<class>/...                    'validation' reads validation/, else val/, else test/
 
 Each split is checked before its first use by decoding every image (JPEGs at 1/8 scale); images that
 fail are left out and logged by name, or are an error with `strict`. Checking up front, rather than
@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 
 from absl import logging
@@ -27,12 +28,10 @@ import tensorflow as tf
 
 PREFIX = 'folder:'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-# Where each split may live, in order of preference.
-_SPLIT_DIRS = {
-    'train': ('train',),
-    'validation': ('val', 'validation', 'test'),
-    'val': ('val', 'validation', 'test'),
-    'test': ('test',),
+# Where a split may live when it has no folder of its own name, in order of preference.
+_OTHER_SPLIT_DIRS = {
+    'validation': ('val', 'test'),
+    'val': ('validation', 'test'),
 }
 
 
@@ -42,13 +41,14 @@ def root(dataset: str) -> str:
 
 
 def split_dir(root: str, split: str) -> str:
-  """The folder that holds `split`: its own name, or for 'validation' val/, validation/ or test/."""
-  for name in (split,) + _SPLIT_DIRS.get(split, ()):
+  """The folder that holds `split`: the one of its own name, else for 'validation' val/ or test/."""
+  names = (split,) + _OTHER_SPLIT_DIRS.get(split, ())
+  for name in names:
     if os.path.isdir(os.path.join(root, name)):
       return os.path.join(root, name)
   raise FileNotFoundError(
       f'Folder dataset {root}: no folder for split {split!r}; looked for '
-      f'{", ".join(os.path.join(root, n) for n in dict.fromkeys((split,) + _SPLIT_DIRS.get(split, ())))}. '
+      f'{", ".join(os.path.join(root, n) for n in names)}. '
       'Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or test/).')
 
 
@@ -78,7 +78,8 @@ def _list_images(directory: str, classes: Sequence[str]) -> tuple[list[str], lis
 
 
 def _decodable(path: tf.Tensor) -> tf.Tensor:
-  """Decodes a whole image cheaply (JPEGs at 1/8 scale); fails like the real decode would."""
+  """Whether an image decodes to at least one pixel, cheaply (JPEGs at 1/8 scale); fails like the
+  real decode would."""
   encoded = tf.io.read_file(path)
   image = tf.cond(tf.io.is_jpeg(encoded),
                   lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=8),
@@ -112,7 +113,9 @@ def _undecodable(paths: Sequence[str]) -> list[int]:
   decode fails; the survivors are the good ones."""
   checks = tf.data.Dataset.from_tensor_slices((list(paths), np.arange(len(paths))))
   checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
-  checks = checks.ignore_errors().map(lambda ok, i: i)
+  # The check's result is passed on, and filtered on, so that the decode runs: TensorFlow prunes an
+  # op whose output nothing reads, and every image would pass.
+  checks = checks.ignore_errors().filter(lambda ok, i: ok).map(lambda ok, i: i)
   good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
   return sorted(set(range(len(paths))) - set(good.tolist()))
 
@@ -134,8 +137,9 @@ def _remembered_undecodable(directory: str, paths: Sequence[str]) -> list[int]:
   bad = _undecodable(paths)
   try:  # written whole, then renamed: processes that check at once never read half a record
     os.makedirs(os.path.dirname(record), exist_ok=True)
-    partial = f'{record}.{os.getpid()}.tmp'
-    with open(partial, 'w', encoding='utf-8') as f:
+    # A name no other writer has: process ids repeat across the nodes that share a home directory.
+    descriptor, partial = tempfile.mkstemp(suffix='.tmp', dir=os.path.dirname(record))
+    with open(descriptor, 'w', encoding='utf-8') as f:
       json.dump({'split_dir': directory, 'images': len(paths), 'undecodable': bad}, f)
     os.replace(partial, record)
   except OSError as error:

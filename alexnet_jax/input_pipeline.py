@@ -42,8 +42,9 @@ function of (seed, e), and the random crop, flip and lighting of an example are 
 (config, s, process_index, process_count) and a run restarted at step s seeks straight to it. An epoch
 order is built from blocks (for TFDS, the part of one record file in the shard), shuffled and grouped
 into windows of about `_WINDOW_EXAMPLES` examples; each window is loaded and permuted as a whole. A
-seek reads at most the window it lands in and decodes nothing it skips. Folder datasets have one
-block per image and a single window, so every epoch is a uniform permutation.
+seek reads at most the window it lands in and decodes nothing it skips. A folder dataset's shard is
+one block (its file paths cost nothing to hold) and a single window, so every epoch is a uniform
+permutation.
 """
 
 import atexit
@@ -362,10 +363,10 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
   # named splits; example i of the spec is the i-th example of their concatenation.
   pieces = []
   for instruction in tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits):
+    # Absolute: no negative index is left, and None stands for an end of the split.
     length = builder.info.splits[instruction.splitname].num_examples
-    from_, to = (0 if i is None else i + length if i < 0 else i  # None: an end; < 0: from the end
-                 for i in (instruction.from_, instruction.to))
-    pieces.append((instruction.splitname, from_, length if instruction.to is None else to))
+    pieces.append((instruction.splitname, instruction.from_ or 0,
+                   length if instruction.to is None else instruction.to))
   piece_starts = np.cumsum([0] + [to - from_ for _, from_, to in pieces])
   lo, hi = _shard_range(int(piece_starts[-1]), process_index, process_count)
 
@@ -387,9 +388,12 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
 
   def examples(start: int, stop: int) -> tf.data.Dataset:
     # In file order (one reader per file in turn), so that the n-th record is example start + n.
+    # No examples (a process with none of a small eval split): none of the spec's first one, as TFDS
+    # reads no empty split; the element spec stays the same.
+    specs = locate(lo + start, lo + stop) if start < stop else locate(0, 1)
     with _TFDS_LOCK:
       ds = builder.as_dataset(
-          split='+'.join(locate(lo + start, lo + stop)), decoders=decoders, shuffle_files=False,
+          split='+'.join(specs), decoders=decoders, shuffle_files=False,
           read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
     ds = ds.take(stop - start).apply(tf.data.experimental.assert_cardinality(stop - start))
     return tf.data.Dataset.zip(ds, tf.data.Dataset.range(lo + start, lo + stop)).map(
@@ -459,6 +463,9 @@ def _cached(shard: _Shard) -> _Shard:
 
 def _to_numpy(examples: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
   """All `count` elements of `examples` as numpy arrays."""
+  if count == 0:  # the shard of a process with no example of a small split; batch(0) is refused
+    return {k: np.zeros([0], spec.dtype.as_numpy_dtype)
+            for k, spec in examples.element_spec.items()}
   return {k: v.numpy() for k, v in examples.batch(count).get_single_element().items()}
 
 

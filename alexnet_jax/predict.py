@@ -8,8 +8,10 @@ DIR/config.json: shorter side resized to `resize_size`, the center `image_size` 
 `pixels.model_input`), so a converted torchvision model gets torchvision's mean/std inputs and a model
 trained here gets its own.
 
-Class names: ImageNet's readable names (with the synset id) for `imagenet2012`, the TFDS label names of
-other TFDS datasets, the folder names of `folder:` datasets.
+Class names: for TFDS datasets, their label names, with ImageNet's readable name in front of each
+that is an ILSVRC2012 synset id (`imagenet2012`, `imagenette`, ...); the class folder names of
+`folder:` datasets; `class k` where the names are unknown (a folder dataset no longer on disk) or do
+not match the model's outputs.
 """
 
 import functools
@@ -27,6 +29,7 @@ from alexnet_jax import pixels
 from alexnet_jax.model import AlexNet
 
 TOP_K = 5
+_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX; importing that module would import TensorFlow
 
 
 @functools.cache
@@ -45,8 +48,8 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
   """A readable name for each of the model's `config.num_classes` outputs."""
   if config.dataset in data.SYNTHETIC_DATASETS:
     names = None
-  elif config.dataset.startswith('folder:'):
-    names = data.get_dataset_info(config).class_names
+  elif config.dataset.startswith(_FOLDER_PREFIX):
+    names = _folder_class_names(config.dataset)
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)  # the names need no data
@@ -56,6 +59,19 @@ def class_names(config: ml_collections.ConfigDict) -> list[str]:
   if names is None or len(names) != config.num_classes:
     return [f'class {i}' for i in range(config.num_classes)]
   return list(names)
+
+
+def _folder_class_names(dataset: str) -> tuple[str, ...] | None:
+  """The class folder names of a `folder:` dataset, None if its folder is gone.
+
+  Only the names: the dataset's info would also decode every image of both splits to count the good
+  ones (`image_folders.images`).
+  """
+  from alexnet_jax import image_folders  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  try:
+    return image_folders.class_names(image_folders.root(dataset))
+  except FileNotFoundError:  # the model still predicts; its classes are numbered instead
+    return None
 
 
 def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:

@@ -13,9 +13,10 @@ Other TFDS datasets (e.g. --dataset=imagenette/320px-v2) are downloaded and buil
 
   python -m alexnet_jax.prepare --dataset=imagenet2012 --data_dir=... --downsample_to=DIR [--shorter_side=256]
 
-also writes (after building, if needed) a copy with every image at shorter side 256, as the paper
-stored ImageNet (§2), for training with --config.dataset=folder:DIR: the input pipeline then resizes
-nothing and decodes smaller files (alexnet_jax/downsample.py). --dataset=folder:/path works too.
+also writes (after building, if needed; a dataset built already needs no --manual_dir) a copy with
+every image at shorter side 256, as the paper stored ImageNet (§2), for training with
+--config.dataset=folder:DIR: the input pipeline then resizes nothing and decodes smaller files
+(alexnet_jax/downsample.py). --dataset=folder:/path works too.
 """
 
 import os
@@ -37,7 +38,8 @@ IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 _DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'TFDS name of the dataset to build.')
 _MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files).')
+    'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files); '
+    'not needed once the dataset is built.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'TFDS data dir to write to; the same as config.data_dir when training.')
 _DOWNSAMPLE_TO = flags.DEFINE_string(
@@ -49,15 +51,22 @@ _SPLITS = flags.DEFINE_list('splits', ['train', 'validation'], 'Splits the downs
 
 def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None = None
             ) -> tfds.core.DatasetBuilder:
-  """Builds `dataset` into `data_dir` (no-op if it is already there) and returns its builder."""
-  if dataset.startswith('folder:') or dataset.startswith('synthetic'):
+  """Builds `dataset` into `data_dir` and returns its builder.
+
+  A dataset built already is left as it is, and needs no `manual_dir`: `--downsample_to` on a
+  prepared ImageNet does not ask for the tar files again.
+  """
+  if dataset.startswith(image_folders.PREFIX) or dataset.startswith('synthetic'):
     raise ValueError(f'{dataset!r} is read as it is; there is nothing to prepare.')
-  if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
-    _check_imagenet_tars(manual_dir)
   builder = tfds.builder(dataset, data_dir=data_dir)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-  builder.download_and_prepare(download_config=download_config)
+  if builder.is_prepared():
+    logging.info('%s is built already in %s', dataset, builder.data_dir)
+  else:
+    if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
+      _check_imagenet_tars(manual_dir)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+    builder.download_and_prepare(download_config=download_config)
   for name, split in builder.info.splits.items():
     logging.info('%s %s: %d examples in %d files', dataset, name, split.num_examples,
                  split.num_shards)

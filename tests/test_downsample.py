@@ -97,11 +97,15 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
 
   images_written = []
   write = downsample._write_atomically  # pylint: disable=protected-access
+  replace = os.replace
+
+  def stop(*_):
+    raise KeyboardInterrupt
 
   def write_then_stop(path, data):
     if os.path.basename(path) != downsample.RECORD:
-      if len(images_written) == 5:
-        raise KeyboardInterrupt  # the copy is stopped in the middle of the training split
+      if len(images_written) == 5:  # the copy is stopped in the middle of the training split,
+        monkeypatch.setattr(downsample.os, 'replace', stop)  # while it writes the sixth image
       images_written.append(path)
     write(path, data)
 
@@ -109,8 +113,10 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
   out = tmp_path / 'copy'
   with pytest.raises(KeyboardInterrupt):
     downsample.downsample(config, str(out), shorter_side=40)
-  # Nothing looks like a dataset yet: the five images wait in train.partial/.
-  assert not (out / 'train').exists() and len(_copy_files(out / 'train.partial')) == 5
+  monkeypatch.setattr(downsample.os, 'replace', replace)
+  # Nothing looks like a dataset yet: five images and the sixth's unfinished write wait in
+  # train.partial/.
+  assert not (out / 'train').exists() and len(_copy_files(out / 'train.partial')) == 6
   assert not json.loads((out / downsample.RECORD).read_text())['train']['complete']
   config.dataset = f'folder:{out}'
   with pytest.raises(FileNotFoundError, match='no folder for split'):
@@ -122,7 +128,9 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
                       lambda path, data: images_written.append(path) or write(path, data))
   assert downsample.downsample(config, str(out), shorter_side=40) == {'train': 18, 'validation': 6}
   assert len([p for p in images_written if os.path.basename(p) != downsample.RECORD]) == 13 + 6
-  assert _copy_files(out) == _copy_files(uninterrupted)  # the same files, byte for byte
+  # The same files, byte for byte, and no other: writing the sixth image again replaced its
+  # unfinished write.
+  assert _copy_files(out) == _copy_files(uninterrupted)
 
 
 def test_a_copy_stopped_as_a_split_is_renamed_completes_on_the_next_run(tmp_path, monkeypatch):

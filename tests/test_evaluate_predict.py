@@ -42,18 +42,22 @@ def trained_workdir(tmp_path_factory):
   return workdir
 
 
-@pytest.fixture(scope='module')
-def folder_workdir(tmp_path_factory):
-  """A randomly initialized paper-layout model of a 6-class image-folder dataset."""
-  root = input_images.write_folder_dataset(str(tmp_path_factory.mktemp('images')), classes=6,
-                                           train_per_class=1, val_per_class=1)
+def write_folder_workdir(images_dir: str, workdir: str) -> tuple[str, str]:
+  """(workdir, root): a randomly initialized paper-layout model of a new 6-class folder dataset."""
+  root = input_images.write_folder_dataset(images_dir, classes=6, train_per_class=1,
+                                           val_per_class=1)
   config = tiny_config()
   config.dataset = f'folder:{root}'
   config.num_classes = 6
   config.resize_size = 76
-  workdir = str(tmp_path_factory.mktemp('folder_model'))
   convert.write_workdir(workdir, config)
   return workdir, root
+
+
+@pytest.fixture(scope='module')
+def folder_workdir(tmp_path_factory):
+  return write_folder_workdir(str(tmp_path_factory.mktemp('images')),
+                              str(tmp_path_factory.mktemp('folder_model')))
 
 
 def test_evaluate_reproduces_the_evals_of_training(trained_workdir):
@@ -101,6 +105,14 @@ def test_evaluate_names_what_is_wrong(trained_workdir, tmp_path):
     evaluate.evaluate_workdir(trained_workdir, eval_crops=3)
 
 
+def test_evaluate_reads_no_training_image(tmp_path):
+  workdir, root = write_folder_workdir(str(tmp_path / 'images'), str(tmp_path / 'model'))
+  for image in (tmp_path / 'images' / 'train').rglob('*.*'):
+    image.unlink()  # the class folders stay: they name the classes
+  assert evaluate.evaluate_workdir(workdir)['num_examples'] == 6
+  assert sorted(os.listdir(os.path.join(root, 'train'))) == [f'class_{k}' for k in range(6)]
+
+
 def test_predict_preprocesses_as_eval_does(folder_workdir):
   workdir, root = folder_workdir
   loaded = evaluate.load(workdir)
@@ -135,7 +147,6 @@ def test_predict_command_prints_the_top_five(folder_workdir):
     assert 0 < sum(probabilities) <= 1 + 1e-3
 
 
-
 def test_predict_names_an_unreadable_image(folder_workdir, tmp_path):
   broken = tmp_path / 'broken.jpg'
   broken.write_bytes(b'not an image')
@@ -144,6 +155,15 @@ def test_predict_names_an_unreadable_image(folder_workdir, tmp_path):
     predict.predict(loaded, [str(broken)])
   with pytest.raises(ValueError, match='missing.jpg: cannot be read'):
     predict.predict(loaded, [str(tmp_path / 'missing.jpg')])
+
+
+def test_folder_class_names_need_only_the_class_folders(tmp_path):
+  for name in ('b', 'a'):
+    (tmp_path / 'train' / name).mkdir(parents=True)  # no images, no validation split
+  config = ml_collections.ConfigDict({'dataset': f'folder:{tmp_path}', 'num_classes': 2})
+  assert predict.class_names(config) == ['a', 'b']
+  config.dataset = f'folder:{tmp_path / "gone"}'  # the model outlives its data: numbered classes
+  assert predict.class_names(config) == ['class 0', 'class 1']
 
 
 def test_imagenet_classes_get_readable_names():

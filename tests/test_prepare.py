@@ -4,6 +4,8 @@ and the pipeline reads the result: shards, resumption, evaluation; `downsample` 
 import io
 import os
 from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -15,6 +17,8 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import prepare
 from configs import default
 import imagenet_miniature
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -66,6 +70,23 @@ def test_prepare_is_idempotent(prepared):
   assert builder.info.splits['train'].num_examples == 9
 
 
+def test_a_built_imagenet_needs_no_tars(prepared):
+  builder = prepare.prepare('imagenet2012', data_dir=prepared[1])  # no --manual_dir
+  assert builder.info.splits['validation'].num_examples == imagenet_miniature.NUM_VAL_IMAGES
+
+
+@pytest.mark.slow
+def test_the_documented_copy_command_runs_on_a_built_imagenet(prepared, tmp_path):
+  # `prepare --downsample_to` as README.md gives it, without --manual_dir.
+  out = tmp_path / 'imagenet32'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.prepare', '--dataset=imagenet2012',
+       f'--data_dir={prepared[1]}', f'--downsample_to={out}', '--shorter_side=32',
+       '--splits=validation'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(list((out / 'val').rglob('*.JPEG'))) == imagenet_miniature.NUM_VAL_IMAGES
+
+
 def test_prepare_without_the_tars_says_what_to_download(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar '
                      r'not found in --manual_dir=.*image-net.org'):
@@ -105,6 +126,19 @@ def test_process_shards_are_disjoint_and_cover_the_split(prepared):
   alone = _images(input_pipeline.eval_batches(config, local_batch_size=2, process_index=0,
                                               process_count=1))
   assert len(evaluated) == 5 and sorted(evaluated) == sorted(alone)
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_processes_with_no_eval_example_pad_to_the_same_batch_count(prepared, cache):
+  config = _config(prepared[1], cache=cache)
+  evaluated, batch_counts = [], set()
+  for process_index in range(8):  # 5 validation images: 3 processes have none
+    batches = list(input_pipeline.eval_batches(config, local_batch_size=2,
+                                               process_index=process_index, process_count=8))
+    batch_counts.add(len(batches))
+    evaluated += _images(batches)
+  assert batch_counts == {1}
+  assert len(evaluated) == len(set(evaluated)) == imagenet_miniature.NUM_VAL_IMAGES
 
 
 def test_resume_on_record_files_matches_the_uninterrupted_stream(prepared, monkeypatch):

@@ -25,7 +25,12 @@ class MetricsWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    self._jsonl = open(path, 'a', encoding='utf-8')
+    if not _ends_with_newline(path):
+      # A run killed mid-write left its last record cut short: start on a line of our own, or our
+      # first record would be glued to it and lost with it.
+      self._jsonl.write('\n')
     self._events = {split: _open_event_file(os.path.join(workdir, 'tensorboard', split))
                     for split in ('train', 'eval')}
 
@@ -66,6 +71,15 @@ class MetricsWriter:
     self._jsonl.close()
     for events in self._events.values():
       events.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+  """Whether the file at `path` is empty or its last byte is a newline."""
+  with open(path, 'rb') as f:
+    if f.seek(0, os.SEEK_END) == 0:
+      return True
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
 
 
 def _open_event_file(directory: str) -> RecordWriter:

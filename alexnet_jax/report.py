@@ -6,7 +6,8 @@ directories work). Writes into ROOT (or --output_dir):
 - report.md: one row per point: its config overrides (from sweep_point.json, written by
   launch/sweep.py), the final eval top-1/top-5 error, the final training top-1 error, the first step
   whose training top-1 error is at most --target_train_err (the paper's Figure 1 measure), and the
-  wall time from its first to its last metrics record;
+  wall time from its first to its last training-run metrics record; then, if any, the records
+  `alexnet_jax.evaluate` appended (they carry a "checkpoint" key), in a table of their own;
 - train_curves.png (training loss and top-1 error) and eval_curves.png (eval top-1 and top-5
   error) against the step, one line per point.
 """
@@ -17,6 +18,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import matplotlib
 
 matplotlib.use('Agg')  # files only, no display
@@ -35,25 +37,42 @@ SWEEP_POINT_FILE = 'sweep_point.json'  # written by launch/sweep.py
 class Point:
   name: str
   overrides: dict | None  # None: not made by launch/sweep.py
-  train: list[dict]  # metrics records, by step; a step logged twice (resumed run) keeps its last
+  # The training run's metrics records, by step; a step logged twice (resumed run) keeps its last.
+  train: list[dict]
   eval: list[dict]
+  # What `alexnet_jax.evaluate` appended (records with a "checkpoint" key), in file order. Kept
+  # apart: a 10-crop evaluation at step s is not training's eval at s, and it ran later.
+  checkpoint_evals: list[dict]
 
 
-def _records_by_split(path: str) -> dict[str, list[dict]]:
-  by_step = {'train': {}, 'eval': {}}
+def _read_records(path: str) -> list[dict]:
+  """The JSON records of a metrics.jsonl, skipping lines that are not JSON."""
+  records = []
   with open(path) as f:
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
+        records.append(json.loads(line))
       except ValueError:
-        # The last line of a run killed mid-write may be cut short; anything else is an error.
+        # A run killed mid-write leaves a cut-short line; a resumed run then writes after it, so it
+        # need not be the last. The last line of a live run may also be read half-written: quiet.
         if line.endswith('\n'):
-          raise ValueError(f'{path}:{line_number} is not JSON: {line[:80]!r}') from None
-        continue
+          logging.warning('%s:%d is not JSON (a record cut short when its run was killed?); '
+                          'skipped: %r', path, line_number, line[:80])
+  return records
+
+
+def _load_point(name: str, metrics_path: str, overrides: dict | None) -> Point:
+  by_step = {'train': {}, 'eval': {}}
+  checkpoint_evals = []
+  for record in _read_records(metrics_path):
+    if 'checkpoint' in record:
+      checkpoint_evals.append(record)
+    else:
       by_step.setdefault(record['split'], {})[record['step']] = record
-  return {split: [records[s] for s in sorted(records)] for split, records in by_step.items()}
+  by_split = {split: [records[s] for s in sorted(records)] for split, records in by_step.items()}
+  return Point(name, overrides, by_split['train'], by_split['eval'], checkpoint_evals)
 
 
 def load_points(root: str) -> list[Point]:
@@ -70,8 +89,7 @@ def load_points(root: str) -> list[Point]:
     if os.path.isfile(point_file):
       with open(point_file) as f:
         overrides = json.load(f)['overrides']
-    records = _records_by_split(metrics_path)
-    points.append(Point(name, overrides, records['train'], records['eval']))
+    points.append(_load_point(name, metrics_path, overrides))
   if not points:
     raise FileNotFoundError(f'{root}: no subdirectory holds a metrics.jsonl; is this the --workdir '
                             'of a sweep whose points have started?')
@@ -117,6 +135,18 @@ def markdown_table(points: list[Point], target: float) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def checkpoint_evals_table(points: list[Point]) -> str:
+  """One row per record `alexnet_jax.evaluate` appended, in file order; '' when there are none."""
+  lines = ['| point | checkpoint | step | crops | eval top-1 err | eval top-5 err |',
+           '|---|---|---:|---:|---:|---:|']
+  for point in points:
+    for record in point.checkpoint_evals:
+      lines.append(f'| {_describe(point)} | {record["checkpoint"]} | {record["step"]} | '
+                   f'{record.get("eval_crops", "—")} | {_fmt(record.get("top1_err"))} | '
+                   f'{_fmt(record.get("top5_err"))} |')
+  return '\n'.join(lines) + '\n' if len(lines) > 2 else ''
+
+
 def plot_curves(points: list[Point], split: str, keys: tuple[str, ...], path: str) -> None:
   figure, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
   for axis, key in zip(axes[0], keys):
@@ -141,9 +171,15 @@ def write_report(root: str, output_dir: str, target_train_err: float) -> str:
   plot_curves(points, 'eval', ('top1_err', 'top5_err'), os.path.join(output_dir, 'eval_curves.png'))
   report = (f'# Sweep report: {os.path.abspath(root)}\n\n'
             f'{markdown_table(points, target_train_err)}\n'
-            'Errors are the last logged values: eval over the whole eval split, train averaged over '
-            'the last logging interval. Wall time runs from the first to the last metrics record.\n\n'
+            'Errors are the last values the training runs logged: eval over the whole eval split, '
+            'train averaged over the last logging interval. Wall time runs from the first to the '
+            'last of those records.\n\n'
             '![training curves](train_curves.png)\n\n![eval curves](eval_curves.png)\n')
+  evaluations = checkpoint_evals_table(points)
+  if evaluations:
+    report += ('\n## Checkpoint evaluations (`alexnet_jax.evaluate`)\n\n'
+               'Run after training, on a saved checkpoint; not part of the curves or the table '
+               f'above.\n\n{evaluations}')
   path = os.path.join(output_dir, 'report.md')
   with open(path, 'w') as f:
     f.write(report)

@@ -4,13 +4,13 @@
 # on an A100/H100-class GPU; `timeout` stops it at 10.
 #
 #   pip install -r requirements.txt -r requirements-cuda12.txt
-#   bench/gpu.sh [results.json]        # default: bench_gpu.json
+#   bench/gpu.sh [results.json]        # default: bench_gpu.json, in the current directory
 #
 # Prints the table (see docs/benchmarks.md, "Train step") and writes every row to the JSON file.
-# On GPU the model uses XLA's own cuDNN convolutions (conv_ops.for_backend picks them there).
+# On GPU the model uses XLA's own cuDNN convolutions (cpu_ops.for_backend picks them there).
 set -euo pipefail
+out="$(realpath -m "${1:-bench_gpu.json}")"  # before the cd: relative to where it was run from
 cd "$(dirname "$0")/.."
-out="${1:-bench_gpu.json}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c 'import jax; assert jax.default_backend() == "gpu", f"no GPU visible to JAX: {jax.devices()}"'
 timeout 600 python -m alexnet_jax.bench --batch_sizes=128,256,512 --dtypes=bfloat16,float32 \

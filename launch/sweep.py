@@ -11,7 +11,9 @@ again and resumes from its last checkpoint. So rerunning the same command comple
 
 --launcher=local trains the points one after another (through launch/local.py when
 --processes_per_point > 1); --launcher=slurm submits one job array of launch/slurm/train.sbatch whose
-tasks are the unfinished points (--sbatch_args for its resources) and returns. Logs: ROOT/<name>/
+tasks are the unfinished points (--sbatch_args for its resources) and returns; a point whose task
+from an earlier submission is still queued or running (ROOT/.sweep/tasks.json, squeue) is not
+submitted again. Logs: ROOT/<name>/
 train.log (local), ROOT/logs/<job>_<task>.log (SLURM). `python -m alexnet_jax.report ROOT` then
 tabulates and plots the points.
 """
@@ -25,6 +27,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -42,6 +45,7 @@ _SBATCH_ARGS = flags.DEFINE_string(
 
 SWEEP_POINT_FILE = 'sweep_point.json'  # a point's name and overrides, read by alexnet_jax/report.py
 _BATCH_SCRIPT = 'launch/slurm/train.sbatch'
+_TASKS_FILE = 'tasks.json'  # in ROOT/.sweep; see _read_tasks
 
 
 def load_sweep(path: str) -> list[dict]:
@@ -103,7 +107,7 @@ def _prepare_point(root: str, overrides: dict) -> str:
 
 @contextlib.contextmanager
 def _forwarding_signals_to(child: subprocess.Popen):
-  """SIGINT/SIGTERM/SIGUSR1 to the sweep reach the training run (which checkpoints and exits)
+  """SIGINT/SIGTERM/SIGUSR1/SIGHUP to the sweep reach the training run (which checkpoints and exits)
   instead of leaving it running on its own. Yields the list of signals received."""
   received = []
 
@@ -112,7 +116,8 @@ def _forwarding_signals_to(child: subprocess.Popen):
     received.append(signum)
     child.send_signal(signum)
 
-  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+  previous = {s: signal.signal(s, forward)
+              for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
   try:
     yield received
   finally:
@@ -136,7 +141,10 @@ def run_local(root: str, points: list[dict], shared_args: list[str]) -> int:
     command += _point_args(root, overrides, shared_args)
     print(f'[{index + 1}/{len(points)}] {name}: training, log in {workdir}/train.log', flush=True)
     with open(os.path.join(workdir, 'train.log'), 'a') as log:
-      child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+      # A session of its own: a Ctrl-C in the terminal reaches the run once, through forward(),
+      # not also directly (a second SIGINT cuts short the checkpoint write the first waits for).
+      child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
       with _forwarding_signals_to(child) as received:
         status = child.wait()
     if received:
@@ -153,37 +161,87 @@ def run_local(root: str, points: list[dict], shared_args: list[str]) -> int:
   return 0
 
 
+def _read_tasks(sweep_dir: str) -> dict[str, str]:
+  """ROOT/.sweep/tasks.json: point name -> the array task last submitted for it ("<job>_<i>")."""
+  try:
+    with open(os.path.join(sweep_dir, _TASKS_FILE)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return {}
+
+
+def _record_tasks(sweep_dir: str, tasks: dict[str, str]) -> None:
+  path = os.path.join(sweep_dir, _TASKS_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(_read_tasks(sweep_dir) | tasks, f, indent=2)
+  os.replace(path + '.tmp', path)  # a sweep stopped mid-write keeps the previous record
+
+
+def _queued_points(sweep_dir: str) -> dict[str, str]:
+  """The points whose last submitted array task squeue still lists (pending, running, requeued or
+  held): submitted again, they would train twice at once in one workdir. Name -> task."""
+  tasks = _read_tasks(sweep_dir)
+  if not tasks:
+    return {}
+  squeue = subprocess.run(['squeue', '--noheader', '--array', '--format=%i'],
+                          capture_output=True, text=True)
+  if squeue.returncode != 0:
+    raise RuntimeError(f'squeue failed ({squeue.stderr.strip()}), so whether the tasks submitted '
+                       'before are still queued is unknown; rerun once squeue works.')
+  listed = set(squeue.stdout.split())  # "<job>_<i>" for every array task, whatever its state
+  return {name: task for name, task in tasks.items() if task in listed}
+
+
 def submit_slurm(root: str, points: list[dict], shared_args: list[str]) -> int:
-  """One array job; task i trains point i. Its arguments go in ROOT/.sweep/i.args (NUL-separated,
-  read by train.sbatch) so that any value survives unquoted."""
-  args_dir = os.path.join(root, '.sweep')
-  os.makedirs(args_dir, exist_ok=True)
+  """One array job; task i trains point i. Points finished or still in the queue from an earlier
+  submission are left out. The tasks' arguments go in a directory of this submission's own,
+  ROOT/.sweep/submission-*/i.args (NUL-separated, read by train.sbatch), so that any value survives
+  unquoted and a task requeued later reads the point it was submitted for, whatever a rerun with an
+  edited sweep file writes."""
+  sweep_dir = os.path.join(root, '.sweep')
+  os.makedirs(sweep_dir, exist_ok=True)
   os.makedirs(os.path.join(root, 'logs'), exist_ok=True)
-  unfinished = []
+  try:
+    queued = _queued_points(sweep_dir)
+  except RuntimeError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  unsubmitted, in_queue = [], []
   for index, overrides in enumerate(points):
-    workdir = _prepare_point(root, overrides)
-    with open(os.path.join(args_dir, f'{index}.args'), 'w') as f:
-      f.write(''.join(arg + '\0' for arg in _point_args(root, overrides, shared_args)))
-    if is_finished(workdir):
-      print(f'{point_name(overrides)}: finished, skipped')
+    name = point_name(overrides)
+    if is_finished(_prepare_point(root, overrides)):
+      print(f'{name}: finished, skipped')
+    elif name in queued:
+      print(f'{name}: still queued or running as job {queued[name]}, skipped '
+            f'(scancel {queued[name]} to submit it again)')
+      in_queue.append(index)
     else:
-      unfinished.append(index)
-  if not unfinished:
+      unsubmitted.append(index)
+  if in_queue and not unsubmitted:
+    print(f'nothing to submit: every unfinished point ({len(in_queue)} of {len(points)}) is still '
+          'queued or running')
+    return 0
+  if not unsubmitted:
     print(f'all {len(points)} points finished; report: python -m alexnet_jax.report {root}')
     return 0
+  args_dir = os.path.abspath(tempfile.mkdtemp(prefix='submission-', dir=sweep_dir))
+  for index in unsubmitted:
+    with open(os.path.join(args_dir, f'{index}.args'), 'w') as f:
+      f.write(''.join(arg + '\0' for arg in _point_args(root, points[index], shared_args)))
   sweep_name = os.path.splitext(os.path.basename(_SWEEP.value))[0]
   command = ['sbatch', '--parsable', f'--job-name={sweep_name}',
-             f'--array={",".join(map(str, unfinished))}',
+             f'--array={",".join(map(str, unsubmitted))}',
              f'--output={os.path.join(root, "logs", "%A_%a.log")}',
-             f'--export=ALL,ALEXNET_ARRAY_ARGS={os.path.abspath(args_dir)}',
+             f'--export=ALL,ALEXNET_ARRAY_ARGS={args_dir}',
              *shlex.split(_SBATCH_ARGS.value), _BATCH_SCRIPT]
   submitted = subprocess.run(command, capture_output=True, text=True)
   if submitted.returncode != 0:
     print(f'sbatch failed: {submitted.stderr.strip()}', file=sys.stderr)
     return 1
   job_id = submitted.stdout.strip().split(';')[0]
-  print(f'submitted job array {job_id}: {len(unfinished)} of {len(points)} points '
-        f'(tasks {",".join(map(str, unfinished))}); logs in {root}/logs/{job_id}_<task>.log')
+  _record_tasks(sweep_dir, {point_name(points[i]): f'{job_id}_{i}' for i in unsubmitted})
+  print(f'submitted job array {job_id}: {len(unsubmitted)} of {len(points)} points '
+        f'(tasks {",".join(map(str, unsubmitted))}); logs in {root}/logs/{job_id}_<task>.log')
   return 0
 
 

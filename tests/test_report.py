@@ -1,6 +1,7 @@
 """alexnet_jax/report.py on metrics.jsonl files written here in the format train.py writes."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 from PIL import Image
 import pytest
 
+from alexnet_jax import metrics
 from alexnet_jax import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,3 +75,31 @@ def test_a_root_without_runs_is_a_clear_error(tmp_path):
     report.load_points(str(tmp_path))
   with pytest.raises(FileNotFoundError, match='no such directory'):
     report.load_points(str(tmp_path / 'missing'))
+
+
+def test_evaluate_records_are_shown_apart_from_the_training_run(tmp_path):
+  # alexnet_jax.evaluate appended a 10-crop evaluation of the final checkpoint an hour later.
+  evaluated = {'step': 50, 'split': 'eval', 'loss': 1.0, 'top1_err': 0.1, 'top5_err': 0.01,
+               'checkpoint': 'latest', 'eval_crops': 10, 'wall_time': 5000.0}
+  _write_point(tmp_path, 'baseline', {}, [0.8, 0.4, 0.2, 0.1, 0.05], [(0.5, 0.15), (0.3, 0.08)],
+               extra_lines=json.dumps(evaluated) + '\n')
+  point, = report.load_points(str(tmp_path))
+  assert [r['top1_err'] for r in point.eval] == [0.5, 0.3]
+  assert point.checkpoint_evals == [evaluated]
+  assert report.wall_seconds(point) == 41
+
+  path = report.write_report(str(tmp_path), str(tmp_path), 0.25)
+  table, evaluations = open(path).read().split('## Checkpoint evaluations')
+  assert '| baseline (no overrides) | 50 | 0.300 | 0.080 | 0.050 | 30 | 0:41 |' in table
+  assert '| baseline (no overrides) | latest | 50 | 10 | 0.100 | 0.010 |' in evaluations
+
+
+def test_a_run_resumed_after_a_cut_short_record_loses_only_that_record(tmp_path, caplog):
+  _write_point(tmp_path, 'baseline', {}, [0.9, 0.6], [], extra_lines='{"step": 30, "spl')
+  writer = metrics.MetricsWriter(str(tmp_path / 'baseline'))  # the resumed run
+  writer.write(30, 'train', loss=1.2, top1_err=0.4, top5_err=0.2)
+  writer.close()
+  with caplog.at_level(logging.WARNING):
+    point, = report.load_points(str(tmp_path))
+  assert [r['step'] for r in point.train] == [10, 20, 30]
+  assert f'{tmp_path / "baseline" / "metrics.jsonl"}:3 is not JSON' in caplog.text

@@ -78,6 +78,10 @@ def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, 
   output = _sweep(root, sweep_file, 'slurm').stdout
   assert 'model.activation=tanh: finished, skipped' in output
   job_id = re.search(r'submitted job array (\d+): 1 of 2 points \(tasks 0\)', output).group(1)
+  # Rerun while that task is queued or running (it trains for seconds): not submitted twice.
+  output = _sweep(root, sweep_file, 'slurm').stdout
+  assert f'baseline: still queued or running as job {job_id}_0, skipped' in output, output
+  assert 'submitted' not in output
   deadline = time.monotonic() + 600
   while subprocess.run(['squeue', '--noheader', f'--jobs={job_id}'], capture_output=True,
                        text=True).stdout.strip():

@@ -115,7 +115,8 @@ def _undecodable(paths: Sequence[str]) -> list[int]:
   checks = checks.map(lambda p, i: (_decodable(p), i), num_parallel_calls=tf.data.AUTOTUNE)
   # The check's result is passed on, and filtered on, so that the decode runs: TensorFlow prunes an
   # op whose output nothing reads, and every image would pass.
-  checks = checks.ignore_errors().filter(lambda ok, i: ok).map(lambda ok, i: i)
+  checks = checks.ignore_errors().filter(lambda ok, _: ok)
+  checks = checks.map(lambda _, index: index)
   good = np.concatenate([np.zeros([0], np.int64)] + [b.numpy() for b in checks.batch(65536)])
   return sorted(set(range(len(paths))) - set(good.tolist()))
 

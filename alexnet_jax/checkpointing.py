@@ -6,7 +6,9 @@ complete, so a run killed mid-save leaves no half-written checkpoint for `latest
 deletes such leftovers. Saving is asynchronous: training continues while the previous checkpoint is written;
 `wait` blocks until it is on disk. A write that fails (disk full, directory gone or read-only) surfaces at
 the next `save` or `wait` as a CheckpointWriteError naming the step; the earlier checkpoints are untouched,
-since Orbax deletes old steps only after a new one is complete.
+since Orbax deletes old steps only after a new one is complete. In a multi-process run, a process whose
+write fails leaves the others waiting at Orbax's barriers; all stop with the error once
+`checkpoint_timeout_seconds` have passed.
 
 Restoring checks the checkpoint's array shapes against the model built from the current config first, so
 a workdir holding another model's checkpoints gives a readable error instead of an Orbax traceback.
@@ -41,11 +43,20 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written; the previous ones are intact."""
 
 
+DEFAULT_TIMEOUT_SECONDS = 300  # configs/default.py's checkpoint_timeout_seconds
+
+
 class Checkpointer:
   """Latest-`keep` checkpoints plus the best one by eval top-1 error."""
 
-  def __init__(self, workdir: str, keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int, async_save: bool = True,
+               timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    # Orbax's processes meet at barriers during a write. One whose write fails never arrives, and
+    # the others (and its own finalizing thread) wait out the barrier's timeout before all fail.
+    # Orbax's default is 20 minutes (a two-process run was seen stalled for the 5 minutes it was
+    # watched); writing AlexNet's ~0.5 GB needs far less.
+    async_options = ocp.options.AsyncOptions(timeout_secs=timeout_seconds)
     # Naming the handler lets a fresh process read a checkpoint's metadata before restoring it.
     # cleanup_tmp_directories: a run killed mid-save left a temporary directory, never loaded; this
     # frees its space.
@@ -56,7 +67,7 @@ class Checkpointer:
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=True, async_options=async_options,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix='latest')))
     self._best = ocp.CheckpointManager(
@@ -64,7 +75,7 @@ class Checkpointer:
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=True, async_options=async_options,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix='best'),
             best_fn=lambda metrics: metrics['top1_err'], best_mode='min'))
@@ -111,8 +122,12 @@ class Checkpointer:
     complete = [s for s in manager.all_steps() if s != step]
     previous = (f'the latest complete checkpoint, step {max(complete)}, is intact' if complete
                 else 'there is no earlier checkpoint')
+    cause = str(error)
+    if jax.process_count() > 1 and 'Barrier timed out' in cause:
+      cause = ('a process did not reach Orbax\'s barrier within checkpoint_timeout_seconds: its write '
+               'failed (the process\'s log has the error) or took longer')
     return CheckpointWriteError(
-        f'Writing the checkpoint of step {step} to {manager.directory} failed ({error}); {previous}. '
+        f'Writing the checkpoint of step {step} to {manager.directory} failed ({cause}); {previous}. '
         f'Free disk space or make the directory writable, then rerun the same command to resume.')
 
   def restore(self, abstract_state: Any, step: int | None = None, best: bool = False) -> Any:

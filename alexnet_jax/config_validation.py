@@ -94,6 +94,7 @@ RULES: dict[str, _Rule] = {
     'eval_every_steps': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for every epoch'),
     'checkpoint_every_steps': _POSITIVE_INT,
     'keep_checkpoints': _POSITIVE_INT,
+    'checkpoint_timeout_seconds': _POSITIVE_INT,
 }
 
 

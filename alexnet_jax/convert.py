@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 
 from alexnet_jax import checkpointing
 from alexnet_jax.model import AlexNet
+from configs import default
 
 # Our layer name -> torchvision.models.alexnet's module path.
 TORCHVISION_LAYERS = {
@@ -206,13 +207,17 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any |
 
 
 def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """DIR/config.json as a ConfigDict; `overrides` (top-level keys) replace values unless None."""
+  """DIR/config.json as a ConfigDict; `overrides` (top-level keys) replace values unless None.
+
+  Keys that configs/default.py has and the file lacks (added after the run) keep their defaults.
+  """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist: --workdir must be a workdir written by '
                             'alexnet_jax.main or alexnet_jax.convert.')
+  config = default.get_config()
   with open(path, encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config.update(json.load(f))
   for key, value in overrides.items():
     if value is not None:
       config[key] = value

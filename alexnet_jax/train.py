@@ -476,7 +476,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   parallel = make_parallel(config, model, tx)
   host_state = create_train_state(config, model, tx)
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints,
+                                            timeout_seconds=config.checkpoint_timeout_seconds)
   if checkpointer.latest_step() is not None:
     logging.info('resuming from %s, step %d', checkpointer.directory, checkpointer.latest_step())
     state = parallel.put_state(checkpointer.restore(parallel.abstract_state(host_state)))

@@ -96,4 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # -1: once per epoch
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # The longest a checkpoint write may take, and so, in a multi-process run, how long the others wait
+  # at Orbax's barriers for a process whose write failed before all stop with the error.
+  config.checkpoint_timeout_seconds = 300
   return config

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_jax import convert, evaluate, train
+from alexnet_jax import config_validation, convert, evaluate, train
+from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,3 +157,16 @@ def test_load_pretrained_params_keeps_a_fresh_head_for_new_classes(converted):
   paper = random_params(train.create_model(config, num_classes=6), image_size=67, seed=0)
   with pytest.raises(ValueError, match='conv1.*Only fc8 may differ'):
     convert.load_pretrained_params(workdir, paper)
+
+
+def test_a_config_json_without_newer_keys_loads_with_their_defaults(tmp_path):
+  # A workdir written before a key existed: the key takes configs/default.py's value, the file's
+  # values stay, and the result is a valid config (evaluate and predict check it).
+  written = default.get_config().to_dict()
+  del written['center_square'], written['checkpoint_timeout_seconds'], written['model']['dtype']
+  written['model']['width'] = 0.5
+  (tmp_path / 'config.json').write_text(json.dumps(written))
+  config = convert.load_config(str(tmp_path), eval_crops=10)
+  assert config.center_square is True and config.model.dtype == 'float32'
+  assert config.model.width == 0.5 and config.eval_crops == 10
+  config_validation.validate(config)

@@ -335,6 +335,33 @@ def test_a_failed_checkpoint_write_is_reported_and_the_previous_checkpoint_survi
   assert_bitwise_equal(restore(workdir)[1], restore(reference)[1])
 
 
+def test_a_write_failing_on_one_of_two_processes_stops_both_and_keeps_the_checkpoint(
+    tmp_path, run_env, reference):
+  # Process 0 cannot write its part of checkpoint 20 (the file-size limit above); process 1 can. The
+  # first never reaches Orbax's barrier, so both wait out checkpoint_timeout_seconds and then stop
+  # with the error. With Orbax's default of 20 minutes the run stalled (5 minutes, when it was killed).
+  workdir = copy_of(reference, tmp_path)
+  env = dict(run_env, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  start = time.monotonic()
+  runs = [Run(workdir, env, '--config.num_train_steps=20', '--config.checkpoint_timeout_seconds=10',
+              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+              f'--process_id={index}', file_size_limit_kib=512 if index == 0 else None)
+          for index in range(2)]
+  assert [run.wait(timeout=240) for run in runs] == [1, 1], runs[0].log()[-3000:]
+  assert time.monotonic() - start < 180
+  for run in runs:
+    error = [line for line in run.log().splitlines() if line.startswith('error: ')]
+    assert len(error) == 1 and error[0].startswith('error: Writing the checkpoint of step 20 '), (
+        run.log()[-3000:])
+    assert 'did not reach Orbax\'s barrier' in error[0] and 'step 16, is intact' in error[0]
+  assert 'File too large' in runs[0].log()  # Orbax logs the cause where it happened
+  assert checkpoint_manager(workdir).latest_step() == TOTAL_STEPS
+  assert_bitwise_equal(restore(workdir)[1], restore(reference)[1])
+
+
 def test_a_workdir_of_another_model_is_refused_with_the_fix(tmp_path, run_env, reference):
   # Its config.json names the key that differs, before anything is built.
   workdir = copy_of(reference, tmp_path)

@@ -153,8 +153,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
                                   'complete': False}
     _write_record(out_dir, record)
-    examples = input_pipeline.split_examples(config, split)
-    written = np.zeros([int(examples.cardinality())], bool)
+    written = np.zeros([int(input_pipeline.split_examples(config, split).cardinality())], bool)
     for folder in folders:
       for name in os.listdir(os.path.join(partial_dir, folder)):
         if (index := _index(name)) is not None:
@@ -162,7 +161,8 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     if written.any():
       logging.info('%s: resuming, %d of %d images written before', split, written.sum(),
                    len(written))
-    images = examples.filter(lambda ex: ~tf.gather(tf.constant(written), ex['index'])).map(
+    # Left out before their files are read: a copy resumed near its end reads only what it writes.
+    images = input_pipeline.split_examples(config, split, skip=written).map(
         lambda ex: (ex['label'], ex['index'], *downsampled(ex['encoded'], shorter_side, quality)),
         num_parallel_calls=tf.data.AUTOTUNE)
     count = int(written.sum())

@@ -538,13 +538,18 @@ def get_dataset_info(config: ml_collections.ConfigDict):
       class_names=tuple(label.names))
 
 
-def split_examples(config: ml_collections.ConfigDict, split: str) -> tf.data.Dataset:
+def split_examples(config: ml_collections.ConfigDict, split: str,
+                   skip: np.ndarray | None = None) -> tf.data.Dataset:
   """Every example of `split` once, in order: {'encoded': image bytes, 'label': int64, 'index': int64}.
 
-  Folder datasets leave out the images that cannot be decoded, as training does.
+  Folder datasets leave out the images that cannot be decoded, as training does. `skip`, bool
+  [split size] by 'index', leaves out examples before a folder dataset's files are read.
   """
   shard = _shard(config, split, process_index=0, process_count=1)
-  return shard.examples(0, shard.size).map(
+  examples = shard.examples(0, shard.size)
+  if skip is not None:
+    examples = examples.filter(lambda ex: ~tf.gather(tf.constant(skip), ex['index']))
+  return examples.map(
       lambda ex: {'encoded': _encoded(ex), 'label': ex['label'], 'index': ex['index']},
       num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -16,7 +16,7 @@ from alexnet_jax.dataset_info import DatasetInfo
 
 SYNTHETIC_DATASETS = ('synthetic', 'synthetic_learnable')
 
-__all__ = ['DatasetInfo', 'get_dataset_info', 'train_batches', 'eval_batches']
+__all__ = ['DatasetInfo', 'get_dataset_info', 'class_names', 'train_batches', 'eval_batches']
 
 
 def _source(config: ml_collections.ConfigDict):
@@ -28,6 +28,14 @@ def _source(config: ml_collections.ConfigDict):
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return _source(config).get_dataset_info(config)
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+  """The class names in label order, reading no image (unlike `get_dataset_info`, which counts a
+  folder dataset's decodable images); None for synthetic data, whose classes have no names."""
+  if config.dataset in SYNTHETIC_DATASETS:
+    return None
+  return _source(config).class_names(config)
 
 
 def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_batch_size: int,

@@ -135,10 +135,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       if made['settings'] != settings:
         raise FileExistsError(f'{directory} holds a copy made with {made["settings"]}, not '
                               f'{settings}: remove it, or downsample to another folder.')
-  # Class names belong to the dataset, not a split: read them through the training split alone.
-  info_config = config.copy_and_resolve_references()
-  info_config.eval_split = config.train_split
-  folders = class_dirs(input_pipeline.get_dataset_info(info_config).class_names)
+  folders = class_dirs(input_pipeline.class_names(config))
   counts = {}
   for split in splits:
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
@@ -148,12 +145,13 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       logging.info('%s: complete already, %d images in %s', split, made['images'], split_dir)
       counts[split] = made['images']
       continue
+    # Sized first, which checks the split (prepared, decodable) before anything is written.
+    written = np.zeros([int(input_pipeline.split_examples(config, split).cardinality())], bool)
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
     record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
                                   'complete': False}
     _write_record(out_dir, record)
-    written = np.zeros([int(input_pipeline.split_examples(config, split).cardinality())], bool)
     for folder in folders:
       for name in os.listdir(os.path.join(partial_dir, folder)):
         if (index := _index(name)) is not None:

@@ -79,14 +79,10 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
   config_validation.validate(convert.load_config(workdir, **overrides))
   loaded = load(workdir, checkpoint, **overrides)
   config = loaded.config
-  # The info of the eval split alone: a folder dataset's info also decodes every image of the split
-  # it names as training to count the good ones, which evaluation never reads.
-  info_config = config.copy_and_resolve_references()
-  info_config.train_split = config.eval_split
-  info = data.get_dataset_info(info_config)
-  if info.num_classes != config.num_classes:
+  names = data.class_names(config)  # not get_dataset_info: it would check the training images too
+  if names is not None and len(names) != config.num_classes:
     raise ValueError(
-        f'{config.dataset} has {info.num_classes} classes but the model in {workdir} has '
+        f'{config.dataset} has {len(names)} classes but the model in {workdir} has '
         f'{config.num_classes}: its labels do not line up. Fine-tune a model on {config.dataset} '
         '(config.init_from) and evaluate that.')
   parallel = train.make_parallel(config, loaded.model, optim.create_optimizer(config, 1, 1))

@@ -326,14 +326,16 @@ def _split_blocks(boundaries: Sequence[int], start: int, stop: int) -> list[tupl
 
 
 @functools.lru_cache(maxsize=None)
-def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _tfds_builder(name: str, data_dir: str | None, prepared: bool = True
+                  ) -> tfds.core.DatasetBuilder:
+  """The builder of TFDS dataset `name`; unless `prepared` is False, it must be built in `data_dir`."""
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
         f"Unknown dataset {name!r}. config.dataset is a TFDS name (e.g. 'imagenet2012'), "
         f"'{image_folders.PREFIX}/path/to/images', 'synthetic' or 'synthetic_learnable'.") from e
-  if not builder.info.splits:
+  if prepared and not builder.info.splits:
     raise DatasetNotPreparedError(_not_prepared_message(name, builder, data_dir))
   return builder
 
@@ -530,12 +532,24 @@ def get_dataset_info(config: ml_collections.ConfigDict):
     return DatasetInfo(num_classes=len(classes), num_train_examples=len(train),
                        num_eval_examples=len(evaluation), class_names=classes)
   builder = _tfds_builder(config.dataset, config.data_dir)
-  label = builder.info.features[builder.info.supervised_keys[1]]
+  label = _label_feature(builder)
   return DatasetInfo(
       num_classes=label.num_classes,
       num_train_examples=builder.info.splits[config.train_split].num_examples,
       num_eval_examples=builder.info.splits[config.eval_split].num_examples,
       class_names=tuple(label.names))
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The class names of `config.dataset` in label order, reading no image: a folder dataset's class
+  folders, or a TFDS dataset's label names (known without its data)."""
+  if _is_folder(config):
+    return image_folders.class_names(image_folders.root(config.dataset))
+  return tuple(_label_feature(_tfds_builder(config.dataset, config.data_dir, prepared=False)).names)
+
+
+def _label_feature(builder: tfds.core.DatasetBuilder) -> tfds.features.ClassLabel:
+  return builder.info.features[builder.info.supervised_keys[1]]
 
 
 def split_examples(config: ml_collections.ConfigDict, split: str,

@@ -29,7 +29,7 @@ from alexnet_jax import pixels
 from alexnet_jax.model import AlexNet
 
 TOP_K = 5
-_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX; importing that module would import TensorFlow
+_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX (that module imports TensorFlow)
 
 
 @functools.cache
@@ -46,32 +46,19 @@ def _imagenet_readable_names() -> dict[str, str]:
 
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
   """A readable name for each of the model's `config.num_classes` outputs."""
-  if config.dataset in data.SYNTHETIC_DATASETS:
-    names = None
-  elif config.dataset.startswith(_FOLDER_PREFIX):
-    names = _folder_class_names(config.dataset)
+  if config.dataset.startswith(_FOLDER_PREFIX):
+    try:
+      names = data.class_names(config)
+    except FileNotFoundError:  # the folder is gone; the model still predicts, numbering its classes
+      names = None
   else:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)  # the names need no data
-    names = builder.info.features[builder.info.supervised_keys[1]].names
-    readable = _imagenet_readable_names()
-    names = [f'{readable[n]} ({n})' if n in readable else n for n in names]
+    names = data.class_names(config)  # TFDS label names need no data; synthetic classes have none
+    if names is not None:
+      readable = _imagenet_readable_names()
+      names = [f'{readable[n]} ({n})' if n in readable else n for n in names]
   if names is None or len(names) != config.num_classes:
     return [f'class {i}' for i in range(config.num_classes)]
   return list(names)
-
-
-def _folder_class_names(dataset: str) -> tuple[str, ...] | None:
-  """The class folder names of a `folder:` dataset, None if its folder is gone.
-
-  Only the names: the dataset's info would also decode every image of both splits to count the good
-  ones (`image_folders.images`).
-  """
-  from alexnet_jax import image_folders  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  try:
-    return image_folders.class_names(image_folders.root(dataset))
-  except FileNotFoundError:  # the model still predicts; its classes are numbered instead
-    return None
 
 
 def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:

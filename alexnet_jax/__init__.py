@@ -9,6 +9,13 @@ faster for them. XLA reads the flag when the backend starts, so it takes effect 
 imported before JAX's first computation (every entry point here does); GPU runs never read it. A flag
 the user already set for the same option wins. Imported later than that (a notebook that ran JAX
 first), the package warns that the flag came too late instead of leaving the slower kernels on silently.
+
+It also sets `TF_CPU_ALLOCATOR_USE_BFC=true` (unless set): TensorFlow then keeps the host memory
+of the input pipeline's tensors in its own pool instead of asking malloc for each. A training batch
+of regions is ~43 MB, and glibc maps every block above 32 MB afresh, page-faulting it in on each use:
+that alone cost the pipeline about a tenth of its CPU time (docs/benchmarks.md, "Input pipeline").
+TensorFlow reads the variable when it runs its first operation, which no entry point here does
+before importing this package. The pool grows as needed and keeps what it took.
 """
 
 import os
@@ -16,6 +23,8 @@ import sys
 import warnings
 
 _YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+
+os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 
 
 def _cpu_backend_already_started() -> bool:

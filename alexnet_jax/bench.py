@@ -102,24 +102,35 @@ def _seconds(fn: Callable[[], Any]) -> float:
 class JaxStep:
   """The project's train step, compiled for one device, stepping on a fixed synthetic batch.
 
-  The batch holds float32 images, the network's input as it is; with `uint8_pixels`, uint8 pixels,
-  flips and lighting shifts instead, as the TFDS and folder pipelines deliver them (applied and
-  normalized in the step).
+  The batch holds `inputs`: 'float32' images, the network's input as it is; 'uint8' pixels, flips
+  and lighting shifts instead, as the TFDS and folder pipelines deliver crops resized on the host
+  (applied and normalized in the step); or 'regions': uint8 regions with windows of 70-100% of
+  their side, from which the step resizes the crops, as the pipelines deliver them by default.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int = 1000,
-               uint8_pixels: bool = False):
+               inputs: str = 'float32'):
     self.model = train.create_model(config, num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch=1000, total_steps=1000)
     parallel = train.make_parallel(config, self.model, tx, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
-    shape = (config.batch_size, config.image_size, config.image_size, 3)
-    if uint8_pixels:
-      host_batch = {'image': rng.integers(0, 256, shape).astype(np.uint8),
-                    'flip': rng.integers(0, 2, config.batch_size).astype(bool),
-                    'rgb_shift': rng.normal(size=(config.batch_size, 3)).astype(np.float32)}
+    batch_size, size = config.batch_size, config.image_size
+    if inputs == 'float32':
+      host_batch = {'image': rng.standard_normal((batch_size, size, size, 3), np.float32)}
+    elif inputs == 'uint8':
+      host_batch = {'image': rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)}
+    elif inputs == 'regions':
+      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+      side = input_pipeline.device_region_size(config)
+      window = rng.integers(int(0.7 * side), side + 1, batch_size)
+      corner = rng.integers(0, side - window[:, None] + 1, (batch_size, 2))
+      host_batch = {'image': rng.integers(0, 256, (batch_size, side, side, 3), np.uint8),
+                    'window': np.concatenate([corner, window[:, None]], 1).astype(np.int32)}
     else:
-      host_batch = {'image': rng.standard_normal(shape, np.float32)}
+      raise ValueError(f'inputs={inputs!r}: use float32, uint8 or regions')
+    if inputs != 'float32':
+      host_batch['flip'] = rng.integers(0, 2, batch_size).astype(bool)
+      host_batch['rgb_shift'] = rng.normal(size=(batch_size, 3)).astype(np.float32)
     host_batch['label'] = rng.integers(0, num_classes, config.batch_size).astype(np.int32)
     self.batch = parallel.put_batch(host_batch)
     self.state = parallel.put_state(train.create_train_state(config, self.model, tx))

@@ -11,23 +11,27 @@ files, with TensorFlow's libjpeg-turbo throughout:
   * window, no resize: those windows cut to 227x227 (no resampling) and batched: the pipeline less
     its resize and lighting draw, an upper bound for any pipeline built on this decode;
   * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
-    crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size;
+    crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size,
+    as configs/default.py sets it: the host decodes a 336x336 region around each crop's window and
+    the device resizes the window (`config.device_resize_scale`);
+  * train, host resize: the same with `device_resize_scale=0`: TensorFlow resizes each crop on the
+    host, and the batch holds the 227x227 crops;
   * eval, 1 crop(s) and eval, 10 crop(s): `input_pipeline.eval_batches`: the center crop (its
     window decoded and resized) or the five crops of the central square (decoded as a window and
     resized to 256x256) whose mirrors the device adds, §4.1's ten; per image;
-  * plain decode, 256 and train pipeline, 256: the same two on the same images stored at shorter
-    side 256, as the paper stored ImageNet (§2): a training window is then the crop, nothing is
-    resized. Their ratio is to the decode of those files; a last line compares the pipeline on
-    them with the decode of the 500x375 files.
+  * plain decode, 256, train pipeline, 256 and train, host resize, 256: the same three on the same
+    images stored at shorter side 256, as the paper stored ImageNet (§2): a training window is then
+    the crop, nothing is resized. Their ratio is to the decode of those files; a last line compares
+    the pipeline on them with the decode of the 500x375 files.
 All run tf.data parallel maps over the same cores. The per-core rate is images per second of CPU
 time the process used (all threads), which holds up on a machine shared with other work; wall-clock
 images/s are printed too. Each of --rounds rounds measures every row in turn; a row's ratio to the
 plain decode is taken within each round, and the medians over rounds are printed. The goal is
 train >= 0.9x plain decode per core: the augmentation should cost no more than the decode it saves.
 
-The last steps (mirroring, lighting shift, mean, std) run inside the jitted train step
-(alexnet_jax/pixels.py) and are not part of this measure; bench/step_inputs.py shows what they add
-to a step.
+The last steps (the resize of the regions, mirroring, lighting shift, mean, std) run inside the
+jitted train step (alexnet_jax/pixels.py) and are not part of this measure; bench/step_inputs.py
+shows what they add to a step.
 """
 
 import dataclasses
@@ -109,8 +113,10 @@ def _rate(batches, images_per_batch: int, num_batches: int) -> Rate:
 
 def map_rate(paths: list[str], per_image: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], cores: int,
              batch_size: int, num_batches: int) -> Rate:
-  """Images/s of `per_image(path, index)` over the files, `cores` parallel calls, results batched."""
-  ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths)))).repeat()
+  """Images/s of `per_image(path, crop_position)` over the files, `cores` parallel calls, results
+  batched; each file has a random crop position, drawn as training draws them."""
+  positions = input_pipeline.example_uniforms(0, np.zeros(len(paths)), np.arange(len(paths)), 2)
+  ds = tf.data.Dataset.from_tensor_slices((paths, positions.astype(np.float32))).repeat()
   ds = ds.map(per_image, num_parallel_calls=cores).batch(batch_size).prefetch(2)
   options = tf.data.Options()
   options.threading.private_threadpool_size = cores
@@ -118,25 +124,24 @@ def map_rate(paths: list[str], per_image: Callable[[tf.Tensor, tf.Tensor], tf.Te
   return _rate(iter(ds.with_options(options)), batch_size, num_batches)
 
 
-def full_decode(path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+def full_decode(path: tf.Tensor, crop_position: tf.Tensor) -> tf.Tensor:
   """The plain decode: read and decode the whole file; only its shape is batched, so the measure is
   decoding, not copying."""
-  del index
+  del crop_position
   return tf.shape(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))
 
 
-def training_window(path: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+def training_window(path: tf.Tensor, crop_position: tf.Tensor) -> tf.Tensor:
   """The window of a random 227 crop of the 256 resize (as in training), decoded: uint8 [s, s, 3]."""
-  key = tf.stack([tf.constant(0, tf.int64), index])
-  window_fn = functools.partial(input_pipeline.random_crop_window, key, resize_size=256,
+  window_fn = functools.partial(input_pipeline.random_crop_window, crop_position, resize_size=256,
                                 image_size=227, center_square=True)
   return input_pipeline.decode_window(tf.io.read_file(path), window_fn)
 
 
 STAGES = {
     'plain decode': full_decode,
-    'window decode': lambda path, index: tf.shape(training_window(path, index)),
-    'window, no resize': lambda path, index: training_window(path, index)[:227, :227],
+    'window decode': lambda path, position: tf.shape(training_window(path, position)),
+    'window, no resize': lambda path, position: training_window(path, position)[:227, :227],
 }
 
 
@@ -148,10 +153,12 @@ def _folder_config(root: str, eval_crops: int = 1) -> ml_collections.ConfigDict:
   return config
 
 
-def train_rate(root: str, batch_size: int, num_batches: int) -> Rate:
-  batches = input_pipeline.train_batches(_folder_config(root), start_step=0,
-                                         local_batch_size=batch_size, process_index=0,
-                                         process_count=1)
+def train_rate(root: str, batch_size: int, num_batches: int, host_resize: bool = False) -> Rate:
+  config = _folder_config(root)
+  if host_resize:
+    config.device_resize_scale = 0
+  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=batch_size,
+                                         process_index=0, process_count=1)
   return _rate(batches, batch_size, num_batches)
 
 
@@ -167,7 +174,8 @@ def eval_rate(root: str, eval_crops: int, batch_size: int, num_batches: int) -> 
 
 # The paper's storage (§2): the same images at shorter side 256, so a training window is the crop.
 STORED_SIZE = 256
-STORED_ROWS = (f'plain decode, {STORED_SIZE}', f'train pipeline, {STORED_SIZE}')
+STORED_ROWS = (f'plain decode, {STORED_SIZE}', f'train pipeline, {STORED_SIZE}',
+               f'train, host resize, {STORED_SIZE}')
 
 
 def measure(roots: dict[str, str], paths: dict[str, list[str]], cores: int, batch_size: int,
@@ -177,10 +185,13 @@ def measure(roots: dict[str, str], paths: dict[str, list[str]], cores: int, batc
   rates = {name: map_rate(paths['original'], per_image, cores, batch_size, num_batches)
            for name, per_image in STAGES.items()}
   rates['train pipeline'] = train_rate(roots['original'], batch_size, num_batches)
+  rates['train, host resize'] = train_rate(roots['original'], batch_size, num_batches,
+                                           host_resize=True)
   for crops in (1, 10):
     rates[f'eval, {crops} crop(s)'] = eval_rate(roots['original'], crops, batch_size, num_batches)
   rates[STORED_ROWS[0]] = map_rate(paths['stored'], full_decode, cores, batch_size, num_batches)
   rates[STORED_ROWS[1]] = train_rate(roots['stored'], batch_size, num_batches)
+  rates[STORED_ROWS[2]] = train_rate(roots['stored'], batch_size, num_batches, host_resize=True)
   return rates
 
 
@@ -202,7 +213,7 @@ def main(argv):
         f'average (", {STORED_SIZE}" rows: the same images stored at {STORED_SIZE}x341 / '
         f'341x{STORED_SIZE}, {kilobytes["stored"]:.0f} KB); {cores} core(s), TensorFlow '
         f'{tf.__version__}; medians of {len(rounds)} round(s)')
-  print(f'{"":20s} {"images/s (wall)":>16s} {"per core":>10s} {"/ decode":>9s}')
+  print(f'{"":24s} {"images/s (wall)":>16s} {"per core":>10s} {"/ decode":>9s}')
   # A row's ratio to the plain decode of the same files is taken within each round (the two measured
   # a minute apart at most, under the same load), then the median over rounds.
   ratios = {name: [r[name].images_per_cpu_second /
@@ -211,10 +222,11 @@ def main(argv):
   for name in rounds[0]:
     wall = np.median([r[name].images_per_second for r in rounds])
     per_core = np.median([r[name].images_per_cpu_second for r in rounds])
-    print(f'{name:20s} {wall:16.1f} {per_core:10.1f} {np.median(ratios[name]):8.2f}x')
-  stored_speedup = [r[STORED_ROWS[1]].images_per_cpu_second /
-                    r['plain decode'].images_per_cpu_second for r in rounds]
-  print(f'stored at {STORED_SIZE}: train / 500x375 decode per core: {np.median(stored_speedup):.2f}x')
+    print(f'{name:24s} {wall:16.1f} {per_core:10.1f} {np.median(ratios[name]):8.2f}x')
+  for name in STORED_ROWS[1:]:
+    speedup = [r[name].images_per_cpu_second / r['plain decode'].images_per_cpu_second
+               for r in rounds]
+    print(f'{name}: / 500x375 decode per core: {np.median(speedup):.2f}x')
   train = ratios['train pipeline']
   print(f'train / decode per core: {np.median(train):.2f}x '
         f'(rounds: {", ".join(f"{r:.2f}" for r in train)})')

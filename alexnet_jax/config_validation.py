@@ -47,6 +47,7 @@ RULES: dict[str, _Rule] = {
     'image_size': _POSITIVE_INT,
     'resize_size': _POSITIVE_INT,
     'center_square': _BOOL,
+    'device_resize_scale': _Rule(_NUMBER, lambda v: v == 0 or v >= 1, '0, or a number >= 1'),
     'eval_crops': _Rule(_INT, lambda v: v in (1, 10), '1 or 10'),
     'cache': _BOOL,
     'strict_data': _BOOL,

@@ -15,7 +15,10 @@ Training images (each step a switch in `config.augment`):
      chosen in resized coordinates, mapped back to the original image, and only that window is
      decoded (`tf.io.decode_and_crop_jpeg`) and then resized to `image_size`. This is
      resize-then-crop up to rounding the window to whole source pixels and the interpolation at its
-     borders, and it skips most of the decode. Without `random_crop`: the center crop, the same way.
+     borders. Without `random_crop`: the center crop, the same way. By default
+     (`config.device_resize_scale`) the host only decodes a fixed-size region around the window and
+     the device does the resize (`crop_region`, `pixels.resize_windows`): the same crop, and
+     TensorFlow's resize was the largest cost on the host after the decode.
   2. flip: a horizontal reflection with probability 1/2, drawn here and delivered with the image
      as 'flip'; the mirroring itself is done on the device.
   3. pca_lighting: the RGB shift sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, pca_lighting^2), with the
@@ -27,8 +30,8 @@ then resized), or, with `eval_crops=10`, the four corner and the center crops of
 shorter side `resize_size` (of its central square with `center_square`, the only part decoded); the
 device adds their mirror images, §4.1's other five patches (`pixels.model_input`).
 
-Output: uint8 pixels. The flip, the lighting shift, the mean and the std are applied to every pixel
-on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
+Output: uint8 pixels. The resize of training regions, the flip, the lighting shift, the mean and the
+std are applied on the device, inside the jitted step (alexnet_jax/pixels.py): a quarter of the bytes to batch and
 send, and no pass over the pixels on the host beyond the decode and the resize (docs/benchmarks.md,
 "Input pipeline"). With the defaults (`subtract_mean` and `divide_std`) the network sees
 (x + shift - mean) / std per channel, roughly zero-mean, unit-variance inputs (what He
@@ -37,8 +40,9 @@ paper.
 
 Determinism and resumption: each process reads its own contiguous 1/process_count of every split.
 Its training stream is an endless sequence of epochs; epoch e visits the shard in an order that is a
-function of (seed, e), and the random crop, flip and lighting of an example are keyed by
-(seed, e, example index) through stateless random ops. The batch of step s is therefore a function of
+function of (seed, e), and the random crop position, flip and lighting of an example are a function
+of (seed, e, example index) (`training_draws`: counter-based, drawn with numpy for a window of
+examples at a time). The batch of step s is therefore a function of
 (config, s, process_index, process_count) and a run restarted at step s seeks straight to it. An epoch
 order is built from blocks (for TFDS, the part of one record file in the shard), shuffled and grouped
 into windows of about `_WINDOW_EXAMPLES` examples; each window is loaded and permuted as a whole. A
@@ -114,22 +118,24 @@ def whole_image_window(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
   return tf.stack([0, 0, height, width])
 
 
-def random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
-                       image_size: int, center_square: bool = False) -> tf.Tensor:
-  """[y, x, size, size] in source pixels of a uniformly placed `image_size` crop of the resized image.
+def random_crop_window(position: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *,
+                       resize_size: int, image_size: int, center_square: bool = False) -> tf.Tensor:
+  """[y, x, size, size] in source pixels of an `image_size` crop of the resized image, placed at
+  `position`, float32 [2] in [0, 1) (uniform for a uniformly placed crop, `training_draws`).
 
   With `center_square`, the crop lies in the central square of the resized image, the
   `resize_size` x `resize_size` image the paper stored and drew its crops from (§2, §4.1); in source
   pixels that square is the central shorter-side x shorter-side square.
   """
+  # Few, vectorized ops: each costs about a microsecond per image in tf.data.
   size = _crop_size(height, width, resize_size, image_size)
-  corner = tf.zeros([2], tf.int32)  # of the region the crop is drawn from
+  shape = tf.stack([height, width])
   if center_square:
-    y, x, side, _ = tf.unstack(central_square_window(height, width))
-    corner, height, width = tf.stack([y, x]), side, side
-  room = tf.stack([height - size, width - size]) + 1  # possible offsets per axis
-  uniform = tf.random.stateless_uniform([2], seed=key)
-  offset = tf.minimum(tf.cast(uniform * tf.cast(room, tf.float32), tf.int32), room - 1)
+    side = tf.minimum(height, width)
+    corner, room = (shape - side) // 2, side - size + 1  # the square's corner; offsets per axis
+  else:
+    corner, room = 0, shape - size + 1
+  offset = tf.minimum(tf.cast(position * tf.cast(room, tf.float32), tf.int32), room - 1)
   return tf.concat([corner + offset, tf.stack([size, size])], axis=0)
 
 
@@ -140,31 +146,50 @@ def center_crop_window(height: tf.Tensor, width: tf.Tensor, *, resize_size: int,
   return tf.stack([(height - size) // 2, (width - size) // 2, size, size])
 
 
-def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-                  ) -> tf.Tensor:
-  """Decodes only the window `window_fn(height, width)` of an encoded image: uint8 [h, w, 3].
+def decode_region(encoded: tf.Tensor,
+                  place: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+                  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """Decodes only the window `place(height, width)['window']` ([y, x, h, w]) of an encoded image.
 
-  JPEGs are cropped while decoding; other formats (PNG, ...) are decoded whole, then cropped.
+  Returns the window, uint8 [h, w, 3], and everything `place` returned. JPEGs are cropped while
+  decoding; other formats (PNG, ...) are decoded whole, then cropped.
   """
 
   def jpeg():
     shape = tf.io.extract_jpeg_shape(encoded)
-    return tf.io.decode_and_crop_jpeg(encoded, window_fn(shape[0], shape[1]), channels=3)
+    placed = place(shape[0], shape[1])
+    return tf.io.decode_and_crop_jpeg(encoded, placed['window'], channels=3), placed
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    y, x, h, w = tf.unstack(window_fn(tf.shape(image)[0], tf.shape(image)[1]))
-    return image[y:y + h, x:x + w]
+    placed = place(tf.shape(image)[0], tf.shape(image)[1])
+    y, x, h, w = tf.unstack(placed['window'])
+    return image[y:y + h, x:x + w], placed
 
   return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
-def random_crop(key: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int,
+def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+                  ) -> tf.Tensor:
+  """Decodes only the window `window_fn(height, width)` of an encoded image: uint8 [h, w, 3]."""
+  return decode_region(encoded, lambda height, width: {'window': window_fn(height, width)})[0]
+
+
+def _crop_window_fn(position: tf.Tensor, *, resize_size: int, image_size: int,
+                    center_square: bool, random: bool) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """(height, width) -> the crop's window: at `position` (`random_crop_window`) or central."""
+  if random:
+    return functools.partial(random_crop_window, position, resize_size=resize_size,
+                             image_size=image_size, center_square=center_square)
+  return functools.partial(center_crop_window, resize_size=resize_size, image_size=image_size)
+
+
+def random_crop(position: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int,
                 center_square: bool = False) -> tf.Tensor:
-  """A random `image_size` crop of the image resized to shorter side `resize_size` (of its central
-  square with `center_square`, see `random_crop_window`): uint8."""
-  window_fn = functools.partial(random_crop_window, key, resize_size=resize_size,
-                                image_size=image_size, center_square=center_square)
+  """The `image_size` crop at `position` of the image resized to shorter side `resize_size` (of its
+  central square with `center_square`, see `random_crop_window`): uint8."""
+  window_fn = _crop_window_fn(position, resize_size=resize_size, image_size=image_size,
+                              center_square=center_square, random=True)
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
 
@@ -174,24 +199,104 @@ def center_crop(encoded: tf.Tensor, *, resize_size: int, image_size: int) -> tf.
   return _resize(decode_window(encoded, window_fn), [image_size, image_size])
 
 
-def random_flip(key: tf.Tensor) -> tf.Tensor:
-  """Whether to mirror the image left-right: True with probability 1/2, a bool scalar.
+def device_region_size(config: ml_collections.ConfigDict) -> int:
+  """Side of the regions a training batch carries for the device to resize its crops from
+  (`crop_region`); 0 when the crops are resized on the host (`config.device_resize_scale` 0)."""
+  return int(round(config.device_resize_scale * config.image_size))
 
-  The image is mirrored on the device (`pixels.flipped`), where it is one more index in the pass
-  that normalizes the pixels; on the host, a conditional copy of every training image cost 8-10% of
-  the pipeline's CPU time (docs/benchmarks.md, "Input pipeline").
+
+def region_around(window: tf.Tensor, height: tf.Tensor, width: tf.Tensor, side: int) -> tf.Tensor:
+  """[y, x, h, w]: the `side` x `side` region of a height x width image (less where the image is
+  smaller) that holds the square `window` [y, x, size, size], size <= side, placed at the window's
+  top-left corner as far as the image allows."""
+  corner = tf.maximum(tf.minimum(window[:2], tf.stack([height, width]) - side), 0)
+  return tf.concat([corner, tf.minimum(tf.stack([height, width]), side)], axis=0)
+
+
+def crop_region(position: tf.Tensor, encoded: tf.Tensor, *, resize_size: int, image_size: int,
+                center_square: bool, random: bool, side: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """A training crop left for the device to resize: uint8 [side, side, 3] pixels of the source
+  image that hold the crop's window, and where the window lies in them, int32 [y, x, size].
+
+  The crop is the one `random_crop` (or `center_crop`, without `random`) makes; the device resizes
+  the window to `image_size` with the same bilinear interpolation (`pixels.resize_windows`). The host
+  only decodes: TensorFlow's resize cost a quarter of a decode per crop, more than anything else the
+  pipeline does (docs/benchmarks.md, "Input pipeline"). The region is decoded as one window of
+  `side` x `side` source pixels around the crop's (a few percent more pixels to decode, no copy to
+  pad them), so that every region has one shape; where the image is smaller it is padded with zeros.
+  A window larger than `side` (an image whose shorter side is above about side / image_size x
+  resize_size) is resized here, as before, and its crop delivered as the window [0, 0, image_size].
   """
-  return tf.random.stateless_uniform([], seed=key) < 0.5
+  window_fn = _crop_window_fn(position, resize_size=resize_size, image_size=image_size,
+                              center_square=center_square, random=random)
+
+  def place(height, width):
+    window = window_fn(height, width)
+    fits = window[2] <= side
+    region = tf.where(fits, region_around(window, height, width, side), window)
+    return {'window': region, 'fits': fits,
+            'box': tf.where(fits, tf.concat([window[:2] - region[:2], window[2:3]], axis=0),
+                            tf.constant([0, 0, image_size]))}
+
+  pixels, placed = decode_region(encoded, place)
+  pixels = tf.cond(placed['fits'], lambda: pixels,
+                   lambda: _resize(pixels, [image_size, image_size]))
+  height, width = tf.shape(pixels)[0], tf.shape(pixels)[1]
+  # No copy when the region is whole (zero padding is passed through).
+  pixels = tf.pad(pixels, [[0, side - height], [0, side - width], [0, 0]])
+  return tf.ensure_shape(pixels, [side, side, 3]), placed['box']
 
 
-def lighting_shift(key: tf.Tensor, alpha_std: float) -> tf.Tensor:
-  """sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, alpha_std^2): the RGB shift of §4.1, float32 [3].
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's finalizer: a bijection of uint64 arrays whose outputs for nearby inputs look
+  independent (wrapping arithmetic)."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
 
-  The shift is added to every pixel of the image on the device (`pixels.model_input`).
+
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's counter increment
+
+
+def example_uniforms(seed: int, epoch: np.ndarray, index: np.ndarray, count: int) -> np.ndarray:
+  """float64 [n, count], uniform in (0, 1): `count` random numbers for each example `index` [n] of
+  `epoch` [n], a function of (seed, epoch, index) alone (counter-based: SplitMix64 of a key hashed
+  from the three)."""
+  key = np.full(len(index), seed % 2**64, np.uint64)
+  for part in (epoch, index):
+    key = _mix64(_mix64(key + _GOLDEN_GAMMA) ^ np.asarray(part).astype(np.uint64))
+  counters = key[:, None] + _GOLDEN_GAMMA * np.arange(1, count + 1, dtype=np.uint64)
+  return ((_mix64(counters) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def lighting_shifts(alpha: np.ndarray) -> np.ndarray:
+  """sum_i alpha_i lambda_i p_i for each row of `alpha` [n, 3]: the RGB shifts of §4.1, float32
+  [n, 3]. Each is added to every pixel of its image on the device (`pixels.model_input`)."""
+  eigenvectors = np.asarray(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
+  return ((alpha * np.asarray(IMAGENET_PCA_EIGENVALUES)) @ eigenvectors.T).astype(np.float32)
+
+
+def training_draws(config: ml_collections.ConfigDict, epoch: np.ndarray, index: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+  """The random choices of §4.1 for training examples `index` [n] in `epoch` [n], from
+  (config.seed, epoch, index) alone: 'crop_position' float32 [n, 2] in [0, 1), where the random
+  crop lies (`random_crop_window`); 'flip' bool [n], whether to mirror the image, True with
+  probability 1/2 (False without `augment.flip`); 'rgb_shift' float32 [n, 3], the lighting shift
+  with alpha_i ~ N(0, pca_lighting^2) (zeros without `augment.pca_lighting`).
+
+  Drawn with numpy for a whole window of examples at once, not per image in tf.data: each small
+  TensorFlow op in the per-image map costs about a microsecond and a stateless random draw tens, and
+  drawing these there cost the pipeline ~8% of its CPU time (docs/benchmarks.md, "Input pipeline").
+  The flip and the shift are applied on the device (`pixels.model_input`).
   """
-  alpha = tf.random.stateless_normal([3], seed=key, stddev=alpha_std)
-  eigenvectors = tf.constant(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
-  return tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_PCA_EIGENVALUES))
+  uniform = example_uniforms(int(config.seed), epoch, index, 9)
+  augment = config.augment
+  flip = uniform[:, 2] < 0.5 if augment.flip else np.zeros(len(index), bool)
+  # Box-Muller: three standard normals from six uniforms.
+  normal = np.sqrt(-2 * np.log(uniform[:, 3:6])) * np.cos(2 * np.pi * uniform[:, 6:9])
+  return {'crop_position': np.minimum(uniform[:, :2], 1 - 2.0**-24).astype(np.float32),
+          'flip': flip,
+          'rgb_shift': lighting_shifts(normal * augment.pca_lighting)}
 
 
 def resize_shorter_side(image: tf.Tensor, size: int, *, antialias: bool = False) -> tf.Tensor:
@@ -241,26 +346,24 @@ def _resize(image: tf.Tensor, shape, *, antialias: bool = False) -> tf.Tensor:
                                                method='bilinear', antialias=antialias)), tf.uint8))
 
 
-def preprocess_train(encoded: tf.Tensor, key: tf.Tensor, config: ml_collections.ConfigDict
-                     ) -> dict[str, tf.Tensor]:
-  """One training example: its crop, uint8 [image_size, image_size, 3] as 'image', whether to mirror
-  it, a bool as 'flip' (False without `flip`), and its lighting shift, float32 [3] as 'rgb_shift'
-  (zeros without `pca_lighting`); every random choice is drawn from `key`. The flip, shift, mean and
-  std are applied on the device (`pixels.model_input`)."""
-  augment = config.augment
-  crop_key, flip_key, lighting_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+def preprocess_train(encoded: tf.Tensor, crop_position: tf.Tensor,
+                     config: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+  """One training image: its crop at `crop_position` (`training_draws`; the center crop without
+  `augment.random_crop`), uint8 [image_size, image_size, 3] as 'image'; or, with
+  `config.device_resize_scale`, a region of the source image that holds the crop's window, uint8
+  [R, R, 3] (R = `device_region_size`) as 'image', and the window, int32 [y, x, size] as 'window',
+  for the device to resize (`crop_region`, `pixels.resize_windows`)."""
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
-  if augment.random_crop:
-    image = random_crop(crop_key, encoded, center_square=config.center_square, **sizes)
+  side = device_region_size(config)
+  if side:
+    region, window = crop_region(crop_position, encoded, center_square=config.center_square,
+                                 random=config.augment.random_crop, side=side, **sizes)
+    return {'image': region, 'window': window}
+  if config.augment.random_crop:
+    crop = random_crop(crop_position, encoded, center_square=config.center_square, **sizes)
   else:
-    image = center_crop(encoded, **sizes)
-  mirror = random_flip(flip_key) if augment.flip else tf.constant(False)
-  if augment.pca_lighting:
-    rgb_shift = lighting_shift(lighting_key, augment.pca_lighting)
-  else:
-    rgb_shift = tf.zeros([3])
-  image = tf.ensure_shape(image, [config.image_size, config.image_size, 3])
-  return {'image': image, 'flip': mirror, 'rgb_shift': rgb_shift}
+    crop = center_crop(encoded, **sizes)
+  return {'image': tf.ensure_shape(crop, [config.image_size, config.image_size, 3])}
 
 
 def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -486,13 +589,15 @@ def _undo_generator_malloc_setting() -> None:
 
   The first `tf.data.Dataset.from_generator` a process runs sets malloc's mmap and trim thresholds
   to 128 KB for the whole process (TensorFlow's workaround for a memory growth it saw with Python
-  3.11, logged as "Memory patch applied"). Every buffer above 128 KB, which is every decoded window,
-  resized crop and batch of this pipeline (and JAX's host buffers), is then mapped afresh and
-  page-faulted in on each use: that cost more CPU per training image than the resize
-  (docs/benchmarks.md, "Input pipeline"). This runs a generator dataset once, so that TensorFlow's
-  setting is made now, and then sets the thresholds to the largest values glibc's adaptive ones
-  would reach (32 MB and twice that), so image-sized buffers are reused from the heap again. Other C
-  libraries have no `mallopt` and are left alone.
+  3.11, logged as "Memory patch applied"). Every malloc'd buffer above 128 KB is then mapped afresh
+  and page-faulted in on each use: with malloc serving TensorFlow's tensors, that was every decoded
+  window, resized crop and batch of this pipeline, and it cost more CPU per training image than the
+  resize (docs/benchmarks.md, "Input pipeline"). TensorFlow now keeps its tensors in a pool of its
+  own (alexnet_jax/__init__.py); JAX's host buffers, numpy's and Python's still come from malloc.
+  This runs a generator dataset once, so that TensorFlow's setting is made now, and then sets the
+  thresholds to the largest values glibc's adaptive ones would reach (32 MB and twice that), so
+  image-sized buffers are reused from the heap again. Other C libraries have no `mallopt` and are
+  left alone.
   """
   list(tf.data.Dataset.from_generator(lambda: iter([0]), output_signature=tf.TensorSpec([], tf.int32)))
   libc = ctypes.CDLL(None)
@@ -514,6 +619,9 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
                      f'{config.resize_size}: crops are taken from the resized image.')
   if config.eval_crops not in (1, 10):
     raise ValueError(f'config.eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
+  if 0 < config.device_resize_scale < 1:
+    raise ValueError(f'config.device_resize_scale={config.device_resize_scale}: regions must hold an '
+                     'image_size crop; use a scale >= 1, or 0 to resize on the host.')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -617,7 +725,11 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
                   process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process; the first is the batch of global step `start_step`.
 
-  {'image': uint8 [local_batch_size, image_size, image_size, 3] (crops, not yet mirrored),
+  {'image': uint8 [local_batch_size, image_size, image_size, 3] (crops, not yet mirrored), or with
+            `config.device_resize_scale` [local_batch_size, R, R, 3], regions that hold the crops'
+            windows (R = `device_region_size(config)`),
+   'window': int32 [local_batch_size, 3] (with regions only: [y, x, size] of each crop's window in
+            its region, resized to the crop on the device, `pixels.resize_windows`),
    'flip': bool [local_batch_size] (which images to mirror, on the device),
    'rgb_shift': float32 [local_batch_size, 3] (the lighting noise, added on the device),
    'label': int32 [local_batch_size]}
@@ -628,20 +740,23 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
     raise ValueError(f'{config.dataset} {config.train_split}: process {process_index} has '
                      f'{shard.size} examples, fewer than one batch of {local_batch_size}.')
   signature = {shard.image_field: tf.TensorSpec([None], tf.string),
-               'label': tf.TensorSpec([None], tf.int64),
-               'index': tf.TensorSpec([None], tf.int64),
-               'epoch': tf.TensorSpec([None], tf.int64)}
-  seed = int(config.seed)
+               'label': tf.TensorSpec([None], tf.int32),
+               'crop_position': tf.TensorSpec([None, 2], tf.float32),
+               'flip': tf.TensorSpec([None], tf.bool),
+               'rgb_shift': tf.TensorSpec([None, 3], tf.float32)}
+
+  def windows_with_draws():
+    for examples in _train_windows(shard, int(config.seed), start_step * local_batch_size):
+      yield {shard.image_field: examples[shard.image_field],
+             'label': examples['label'].astype(np.int32),
+             **training_draws(config, examples['epoch'], examples['index'])}
+
   _undo_generator_malloc_setting()
-  windows = tf.data.Dataset.from_generator(
-      lambda: _train_windows(shard, seed, start_step * local_batch_size),
-      output_signature=signature)
+  windows = tf.data.Dataset.from_generator(windows_with_draws, output_signature=signature)
 
   def preprocess(example):
-    key = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(seed, tf.int64), example['epoch']]), example['index'])
-    return preprocess_train(_encoded(example), key, config) | {
-        'label': tf.cast(example['label'], tf.int32)}
+    crop = preprocess_train(_encoded(example), example['crop_position'], config)
+    return crop | {k: example[k] for k in ('flip', 'rgb_shift', 'label')}
 
   ds = windows.prefetch(1).unbatch()
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

@@ -243,7 +243,8 @@ class ModelParallel:
     self.mesh = Mesh(devices.reshape(-1, TOWERS), (train.DATA_AXIS, MODEL_AXIS))
     self.split = NamedSharding(self.mesh, P(train.DATA_AXIS))
     train_fn = functools.partial(train.train_step, model=towers, tx=tx,
-                                 dropout_key=train.dropout_root_key(config), augment=config.augment)
+                                 dropout_key=train.dropout_root_key(config), augment=config.augment,
+                                 image_size=config.image_size)
     eval_fn = lambda state, batch: train.eval_step(state.params, batch, model=towers,
                                                    augment=config.augment)
     # check_vma=False for pmap's semantics, as in train.ShardMapParallel: each device's gradient is

@@ -9,6 +9,12 @@ Doing them on the device rather than in tf.data sends a quarter of the bytes to 
 step on the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses them into one pass. For a
 10-crop evaluation the sources deliver five crops per image and the mirrored five are made here.
 
+A training batch may also carry, instead of its crops, regions of the source images that hold the
+crops' windows ('window': where each lies), as `config.device_resize_scale` sets: the crops are then
+resized from them here first (`resize_windows`). On the host, TensorFlow's resize cost a quarter of
+a decode per image, most of what the pipeline spent beyond decoding (docs/benchmarks.md, "Input
+pipeline").
+
 Synthetic sources (alexnet_jax/synthetic.py) deliver float32 images that are model inputs already;
 they pass through unchanged (but for the mirrors of 10-crop evaluation).
 """
@@ -30,6 +36,52 @@ def mean_and_std(augment: ml_collections.ConfigDict) -> tuple[tuple[float, ...],
   mean = IMAGENET_MEAN_RGB if augment.subtract_mean else (0.0, 0.0, 0.0)
   std = IMAGENET_STD_RGB if augment.get('divide_std', True) else (1.0, 1.0, 1.0)
   return mean, std
+
+
+def _bilinear_taps(start: jax.Array, size: jax.Array, out: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where TensorFlow's bilinear resize (half-pixel centers, no antialiasing) of `size` [B] pixels
+  from `start` [B] to `out` pixels reads: the lower and upper source index, int32 [B, out], and the
+  upper one's weight, float32 [B, out], computed as its CPU kernel does, so that the crops match
+  those the host would make (tested)."""
+  scale = size.astype(jnp.float32) / out
+  position = (jnp.arange(out, dtype=jnp.float32) + 0.5) * scale[:, None] - 0.5
+  lower = jnp.floor(position)
+  weight = position - lower
+  last = size[:, None] - 1
+  lower = lower.astype(jnp.int32)
+  return (start[:, None] + jnp.clip(lower, 0, last), start[:, None] + jnp.clip(lower + 1, 0, last),
+          weight)
+
+
+def _interpolate_rows(images: jax.Array, taps: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+  """[B, N, M, 3] -> float32 [B, out, M, 3]: each image's rows interpolated at `taps`
+  (`_bilinear_taps`) as lower + (upper - lower) * weight. Whole rows are gathered (one copy each)."""
+  lower, upper, weight = taps
+  rows_of = jax.vmap(lambda image, index: image[index])
+  below, above = rows_of(images, lower).astype(jnp.float32), rows_of(images, upper).astype(jnp.float32)
+  return below + (above - below) * weight[:, :, None, None]
+
+
+def resize_windows(batch: Mapping[str, jax.Array], image_size: int) -> dict[str, jax.Array]:
+  """`batch` with crops in 'image': the windows 'window' [B, 3] ([y, x, size] squares) of the
+  regions 'image' [B, R, R, 3] resized to uint8 [B, image_size, image_size, 3], as
+  `input_pipeline.random_crop` resizes them on the host (bilinear, rounded); a batch without
+  'window' as it is.
+
+  Along rows, then along columns (on the transposed images), in the order of TensorFlow's kernel;
+  gathering whole rows made this 2-3x faster on a CPU than gathering single pixels.
+  """
+  if 'window' not in batch:
+    return dict(batch)
+  regions, window = jnp.asarray(batch['image']), jnp.asarray(batch['window'], jnp.int32)
+  across = _interpolate_rows(regions.transpose(0, 2, 1, 3),
+                             _bilinear_taps(window[:, 1], window[:, 2], image_size))
+  crops = _interpolate_rows(across.transpose(0, 2, 1, 3),
+                            _bilinear_taps(window[:, 0], window[:, 2], image_size))
+  resized = {k: v for k, v in batch.items() if k != 'window'}
+  resized['image'] = jnp.round(crops).astype(jnp.uint8)
+  return resized
 
 
 def flipped(batch: Mapping[str, jax.Array]) -> jax.Array:

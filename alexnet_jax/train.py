@@ -114,11 +114,13 @@ def top_k_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet,
                tx: optax.GradientTransformation, dropout_key: jax.Array,
-               augment: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+               augment: ml_collections.ConfigDict, image_size: int
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's share of the batch; gradients averaged over the `data` axis.
 
   The batch's uint8 pixels are normalized here, on the device (`pixels.model_input`, as `augment`
-  sets it).
+  sets it), after its crops are resized to `image_size` from the regions it carries, if it does
+  (`pixels.resize_windows`).
 
   A step whose loss or gradients are not finite is not applied: params and optimizer state stay as
   they were, and the step is recorded in `nonfinite_steps` / `first_nonfinite_step` for the host to act
@@ -131,7 +133,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   device_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step),
                                   jax.lax.axis_index(DATA_AXIS))
 
-  images = pixels.model_input(batch, augment)
+  images = pixels.model_input(pixels.resize_windows(batch, image_size), augment)
 
   def loss_fn(params):
     logits = model.apply({'params': params}, images, train=True,
@@ -286,7 +288,7 @@ def make_parallel(config: ml_collections.ConfigDict, model: AlexNet,
   if config.model_parallel == 2:
     return model_parallel.ModelParallel(config, model, tx, devices)
   train_fn = functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_root_key(config),
-                               augment=config.augment)
+                               augment=config.augment, image_size=config.image_size)
   eval_fn = lambda state, batch: eval_step(state.params, batch, model=model, augment=config.augment)
   if config.parallelism == 'shard_map':
     return ShardMapParallel(train_fn, eval_fn, devices)
@@ -511,7 +513,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       process_index=jax.process_index(), process_count=jax.process_count())
   first_batch = next(host_batches)
   # The crops and flips the network sees (the lighting shift is added on the device).
-  first_images = pixels.flipped({k: v[:16] for k, v in first_batch.items()})
+  first_images = pixels.flipped(pixels.resize_windows({k: v[:16] for k, v in first_batch.items()},
+                                                      config.image_size))
   writer.write_image(start_step, 'augmented_inputs', visualize.image_grid(np.asarray(first_images)))
   batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
   pending_metrics = []

@@ -1,14 +1,18 @@
-"""What flipping and normalizing on the device cost a train step: float32 inputs against uint8 pixels.
+"""What resizing, flipping and normalizing on the device cost a train step: float32 inputs against
+uint8 pixels and against uint8 regions to resize the crops from.
 
   python bench/step_inputs.py                     # paper model, fp32, batch 128, one device
   python bench/step_inputs.py --batch_size=32 --steps=10
 
 The TFDS and folder pipelines deliver uint8 pixels, each image's flip bit and its lighting shift; the
 train step mirrors the marked images and computes (x + shift - mean) / std (alexnet_jax/pixels.py).
-This compiles the project's step twice on one device (`bench.JaxStep`), once for a float32 batch that
-is the network's input already (what the pipeline delivered before) and once for a uint8 batch with
-its flips and shifts, and times `--steps` steps of each, interleaved. Prints the median wall time,
-CPU time (all threads) and minor page faults per step.
+By default the pixels are 336x336 regions of the source images and the step first resizes each
+crop's window in them to 227x227 (`pixels.resize_windows`). This compiles the project's step three
+times on one device (`bench.JaxStep`): for a float32 batch that is the network's input already (what
+the pipeline delivered first), for a uint8 batch of crops with their flips and shifts (crops
+resized on the host, `device_resize_scale=0`), and for a uint8 batch of regions; and times `--steps`
+steps of each, interleaved. Prints the median wall time, CPU time (all threads) and minor page
+faults per step.
 """
 
 import argparse
@@ -34,7 +38,8 @@ def main() -> None:
   config = default.get_config()
   config.batch_size = args.batch_size
   steps = {'float32 inputs': bench.JaxStep(config, config.num_classes),
-           'uint8 pixels': bench.JaxStep(config, config.num_classes, uint8_pixels=True)}
+           'uint8 crops': bench.JaxStep(config, config.num_classes, inputs='uint8'),
+           'uint8 regions': bench.JaxStep(config, config.num_classes, inputs='regions')}
 
   def run(step: bench.JaxStep) -> tuple[float, float, int]:
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Crops come from the central resize_size square of the resized image, the 256x256 images the
   # paper trained and tested on (§2, §4.1); False: from anywhere in the whole resized image.
   config.center_square = True
+  # Training windows up to this many times image_size on a side (336 source pixels, images up to
+  # ~379 on their shorter side) reach the device whole, in regions of that size, and are resized to
+  # image_size there: the host only decodes (docs/benchmarks.md, "Input pipeline"). 0: every crop
+  # is resized on the host (better for images stored at shorter side 256, perhaps on CPU-only runs).
+  config.device_resize_scale = 1.48
   config.augment = get_augment_config()
   config.eval_crops = 1  # 1 = center crop; 10 = corners + center and their mirrors (§4.1)
   config.cache = False  # keep this process's encoded images in memory (small datasets only; saves reads, not decodes)

@@ -70,12 +70,14 @@ def test_input_benchmark_runs_and_reports_every_rate():
   assert lines[0].startswith('16 JPEGs, 500x375 / 375x500, quality 90')
   assert lines[0].endswith('medians of 2 round(s)')
   names = ('plain decode', 'window decode', 'window, no resize', 'train pipeline',
-           'eval, 1 crop(s)', 'eval, 10 crop(s)', 'plain decode, 256', 'train pipeline, 256')
-  rates = {line[:20].strip(): line[20:].split() for line in lines[2:2 + len(names)]}
+           'train, host resize', 'eval, 1 crop(s)', 'eval, 10 crop(s)', 'plain decode, 256',
+           'train pipeline, 256', 'train, host resize, 256')
+  rates = {line[:24].strip(): line[24:].split() for line in lines[2:2 + len(names)]}
   assert list(rates) == list(names)
   assert all(len(v) == 3 and min(float(v[0]), float(v[1])) > 0 for v in rates.values())
   assert rates['plain decode'][2] == rates['plain decode, 256'][2] == '1.00x'
-  assert re.fullmatch(r'stored at 256: train / 500x375 decode per core: [\d.]+x', lines[-2])
+  for line, name in zip(lines[-3:-1], names[-2:]):
+    assert re.fullmatch(f'{name}: / 500x375 decode per core: [\\d.]+x', line), line
   # The summary: the median of the per-round ratios, and each of them.
   summary = re.fullmatch(r'train / decode per core: ([\d.]+)x \(rounds: ([\d.]+), ([\d.]+)\)',
                          lines[-1])

@@ -46,6 +46,8 @@ def test_the_shipped_configs_are_valid(tmp_path):
      'config.model.dropout_rate=1.0 is invalid: expected a number in [0, 1)'),
     ({'model__dropout_rate': -0.1},
      'config.model.dropout_rate=-0.1 is invalid: expected a number in [0, 1)'),
+    ({'device_resize_scale': 0.5},
+     'config.device_resize_scale=0.5 is invalid: expected 0, or a number >= 1'),
     ({'model__width': 0.0}, 'config.model.width=0.0 is invalid: expected a number > 0'),
     ({'model__width': -1.0}, 'config.model.width=-1.0 is invalid: expected a number > 0'),
     ({'eval_crops': 5}, 'config.eval_crops=5 is invalid: expected 1 or 10'),

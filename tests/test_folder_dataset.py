@@ -52,7 +52,8 @@ def test_batches_hold_every_class_as_uint8_pixels(folder):
   epoch = [next(batches) for _ in range(3)]  # 18 images: one epoch
   labels = np.concatenate([b['label'] for b in epoch])
   np.testing.assert_array_equal(np.bincount(labels), [6, 6, 6])
-  images = np.concatenate([b['image'] for b in epoch])
+  # The crops, resized from their regions as on the device.
+  images = np.concatenate([pixels.resize_windows(b, 32)['image'] for b in epoch])
   assert images.shape == (18, 32, 32, 3) and images.dtype == np.uint8
   inputs = np.asarray(pixels.model_input({'image': images,
                                           'rgb_shift': np.concatenate([b['rgb_shift'] for b in epoch])},
@@ -69,6 +70,7 @@ def test_same_seed_same_batches_other_seed_other_batches(folder):
   first, again, other = first_batches(0), first_batches(0), first_batches(1)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['window'], b['window'])
     np.testing.assert_array_equal(a['flip'], b['flip'])
     np.testing.assert_array_equal(a['rgb_shift'], b['rgb_shift'])
   assert not all(np.array_equal(a['label'], b['label']) for a, b in zip(first, other))

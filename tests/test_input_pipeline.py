@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +16,9 @@ from alexnet_jax import pixels
 from configs import default
 import input_images
 
-KEYS = [tf.constant([7, i], tf.int64) for i in range(40)]
+# Crop positions as training draws them (`training_draws`), uniform in [0, 1)^2.
+POSITIONS = [tf.constant(p, tf.float32) for p in input_pipeline.example_uniforms(
+    7, np.zeros(40), np.arange(40), 2)]
 
 
 def _jpeg(height: int, width: int, seed: int = 0) -> tf.Tensor:
@@ -33,8 +36,8 @@ def _image(height: int = 12, width: int = 16) -> tf.Tensor:
 @pytest.mark.parametrize('height,width', [(375, 500), (500, 375), (256, 256), (100, 180)])
 def test_random_crop_window_lies_inside_the_image(height, width):
   windows = np.array([input_pipeline.random_crop_window(
-      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
-                      for key in KEYS])
+      position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
+                      for position in POSITIONS])
   y, x, h, w = windows.T
   expected_side = round(min(height, width) * 227 / 256)  # 227 resized pixels in source pixels
   np.testing.assert_array_equal(h, expected_side)
@@ -52,8 +55,8 @@ def test_center_square_crop_window_lies_inside_the_central_square(height, width)
   # The paper's crops come from the central 256x256 square of the resized image (§2, §4.1): in
   # source pixels, the central shorter-side square.
   windows = np.array([input_pipeline.random_crop_window(
-      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227,
-      center_square=True).numpy() for key in KEYS])
+      position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227,
+      center_square=True).numpy() for position in POSITIONS])
   y, x, h, w = windows.T
   shorter = min(height, width)
   top, left = (height - shorter) // 2, (width - shorter) // 2
@@ -66,8 +69,8 @@ def test_center_square_crop_window_lies_inside_the_central_square(height, width)
     assert len(set(offsets.tolist())) > 10
     assert offsets.min() - start <= 3 and start + shorter - h[0] - offsets.max() <= 3
   whole = np.array([input_pipeline.random_crop_window(
-      key, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
-                    for key in KEYS])
+      position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
+                    for position in POSITIONS])
   if height == width:  # the square is the whole image
     np.testing.assert_array_equal(windows, whole)
   else:  # without the switch, crops reach beyond the square
@@ -87,11 +90,11 @@ def test_center_crop_window_is_centered():
 def test_random_crop_decodes_a_resized_square(image_format):
   array = input_images.image_array(np.random.default_rng(0), 60, 80)
   encoded = tf.constant(input_images.encode(array, image_format))
-  crop = input_pipeline.random_crop(KEYS[0], encoded, resize_size=36, image_size=32).numpy()
+  crop = input_pipeline.random_crop(POSITIONS[0], encoded, resize_size=36, image_size=32).numpy()
   assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
   # The crop is a resized piece of the image, rounded to whole grey levels: an exact match for the
   # PNG, JPEG loss aside otherwise.
-  y, x, h, _ = input_pipeline.random_crop_window(KEYS[0], tf.constant(60), tf.constant(80),
+  y, x, h, _ = input_pipeline.random_crop_window(POSITIONS[0], tf.constant(60), tf.constant(80),
                                                  resize_size=36, image_size=32).numpy()
   expected = tf.image.resize(array[y:y + h, x:x + h], [32, 32]).numpy()
   error = np.abs(crop - expected)
@@ -105,30 +108,56 @@ def test_a_crop_already_at_the_training_size_is_not_resampled():
   # A dataset stored at shorter side 256 (the paper's §2 downsampling): the 227 window is the crop.
   array = input_images.image_array(np.random.default_rng(1), 36, 50)
   encoded = tf.constant(input_images.encode(array, 'PNG'))
-  crop = input_pipeline.random_crop(KEYS[3], encoded, resize_size=36, image_size=36).numpy()
-  y, x, h, w = input_pipeline.random_crop_window(KEYS[3], tf.constant(36), tf.constant(50),
+  crop = input_pipeline.random_crop(POSITIONS[3], encoded, resize_size=36, image_size=36).numpy()
+  y, x, h, w = input_pipeline.random_crop_window(POSITIONS[3], tf.constant(36), tf.constant(50),
                                                  resize_size=36, image_size=36).numpy()
   assert h == w == 36
   np.testing.assert_array_equal(crop, array[y:y + 36, x:x + 36])
 
 
-def test_random_flip_is_true_for_about_half_the_keys():
-  flips = [bool(input_pipeline.random_flip(key)) for key in KEYS]
-  assert 8 <= sum(flips) <= 32
-  assert flips == [bool(input_pipeline.random_flip(key)) for key in KEYS]  # a function of the key
+def test_training_draws_are_a_function_of_seed_epoch_and_example():
+  config = default.get_config()
+  epoch, index = np.repeat([0, 1], 2000), np.tile(np.arange(2000), 2)
+  draws = input_pipeline.training_draws(config, epoch, index)
+  assert draws['crop_position'].shape == (4000, 2) and draws['crop_position'].dtype == np.float32
+  assert draws['flip'].dtype == bool and draws['rgb_shift'].dtype == np.float32
+  # Uniform positions (mean 1/2, variance 1/12), fair flips, each example its own draws.
+  position = draws['crop_position']
+  assert (position >= 0).all() and (position < 1).all()
+  np.testing.assert_allclose(position.mean(0), 0.5, atol=0.02)
+  np.testing.assert_allclose(position.var(0), 1 / 12, atol=0.005)
+  assert abs(np.corrcoef(position.T)[0, 1]) < 0.05
+  assert 0.46 < draws['flip'].mean() < 0.54
+  assert len({tuple(p) for p in position}) == 4000  # fresh in each epoch too
+  # The same (seed, epoch, index) gives the same draws, in any order and any company.
+  again = input_pipeline.training_draws(config, epoch[::-7], index[::-7])
+  for name in draws:
+    np.testing.assert_array_equal(again[name], draws[name][::-7])
+  config.seed = 1
+  assert not np.array_equal(input_pipeline.training_draws(config, epoch, index)['crop_position'],
+                            position)
+  # Off switches: no flips, no shift.
+  config.augment.flip, config.augment.pca_lighting = False, 0.0
+  off = input_pipeline.training_draws(config, epoch, index)
+  assert not off['flip'].any() and not off['rgb_shift'].any()
 
 
 def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
-  shifts = np.array([input_pipeline.lighting_shift(key, 0.1).numpy() for key in KEYS[:10]])
-  assert shifts.shape == (10, 3) and shifts.dtype == np.float32
+  config = default.get_config()
+  shifts = input_pipeline.training_draws(config, np.zeros(4000), np.arange(4000))['rgb_shift']
   assert np.abs(shifts).max() > 0.5  # a few grey levels: 0.1 * 55.5 along the first component
-  assert len({tuple(s.round(4)) for s in shifts}) == 10  # a fresh alpha per key
-  # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1) coefficients.
+  # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1^2) coefficients,
+  # independent of each other.
   eigenvectors = np.array(input_pipeline.IMAGENET_PCA_EIGENVECTORS)
-  alphas = np.linalg.solve(eigenvectors, shifts.T).T / np.array(
+  alphas = np.linalg.solve(eigenvectors, shifts.T.astype(np.float64)).T / np.array(
       input_pipeline.IMAGENET_PCA_EIGENVALUES)
-  assert np.abs(alphas).max() < 0.5
-  np.testing.assert_array_equal(input_pipeline.lighting_shift(KEYS[0], 0.0), np.zeros(3))
+  np.testing.assert_allclose(alphas.mean(0), 0, atol=0.01)
+  np.testing.assert_allclose(alphas.std(0), 0.1, rtol=0.05)
+  assert np.abs(np.corrcoef(alphas.T) - np.eye(3)).max() < 0.06
+  # alpha = e_i: lambda_i p_i, the i-th eigenvector (a column) scaled by its eigenvalue.
+  np.testing.assert_allclose(input_pipeline.lighting_shifts(np.eye(3)),
+                             (eigenvectors * np.array(input_pipeline.IMAGENET_PCA_EIGENVALUES)).T,
+                             rtol=1e-6)
 
 
 def test_five_crop_is_the_corners_and_the_center():
@@ -146,28 +175,26 @@ def test_resize_shorter_side():
   assert resized.shape == (256, 341, 3)
 
 
-def test_preprocess_train_switches():
+def _host_resize_config() -> ml_collections.ConfigDict:
+  """The paper's recipe at 32 of 40, each crop resized on the host: the crops are 'image'."""
   config = default.get_config()
-  config.resize_size, config.image_size = 40, 32
+  config.resize_size, config.image_size, config.device_resize_scale = 40, 32, 0
+  return config
+
+
+def test_preprocess_train_takes_the_crop_at_its_position_or_the_center():
+  config = _host_resize_config()
   encoded = _jpeg(48, 64)
-  for name in ('random_crop', 'flip', 'pca_lighting'):
-    config.augment[name] = False if name != 'pca_lighting' else 0.0
-  plain = input_pipeline.preprocess_train(encoded, KEYS[0], config)
-  # All off: the center crop as uint8 pixels and no lighting shift, the same for every key.
-  assert plain['image'].dtype == tf.uint8 and plain['image'].shape == (32, 32, 3)
-  np.testing.assert_array_equal(plain['rgb_shift'], np.zeros(3))
-  assert not plain['flip']
-  other_key = input_pipeline.preprocess_train(encoded, KEYS[1], config)
-  np.testing.assert_array_equal(plain['image'], other_key['image'])
-  np.testing.assert_array_equal(
-      plain['image'], input_pipeline.center_crop(encoded, resize_size=40, image_size=32))
-  # Each switch on: over a few keys, crops move, some images are to be mirrored, shifts appear.
-  config.augment.random_crop, config.augment.flip, config.augment.pca_lighting = True, True, 0.1
-  examples = [input_pipeline.preprocess_train(encoded, key, config) for key in KEYS[:8]]
-  images = [example['image'].numpy() for example in examples]
-  assert len({image.tobytes() for image in images}) == 8
-  assert 0 < sum(bool(example['flip']) for example in examples) < 8
-  assert all(np.abs(example['rgb_shift']).max() > 0 for example in examples)
+  crops = [input_pipeline.preprocess_train(encoded, position, config)['image'].numpy()
+           for position in POSITIONS[:8]]
+  assert crops[0].dtype == np.uint8 and crops[0].shape == (32, 32, 3)
+  assert len({crop.tobytes() for crop in crops}) == 8  # the position moves the crop
+  # Without random_crop: the center crop, whatever the position.
+  config.augment.random_crop = False
+  center = input_pipeline.center_crop(encoded, resize_size=40, image_size=32).numpy()
+  for position in POSITIONS[:3]:
+    np.testing.assert_array_equal(
+        input_pipeline.preprocess_train(encoded, position, config)['image'], center)
 
 
 @pytest.mark.parametrize('center_square', [True, False])
@@ -175,16 +202,73 @@ def test_training_crops_follow_center_square(center_square):
   # A PNG at shorter side resize_size, so every crop is an exact copy of a 32x32 piece of it.
   array = input_images.image_array(np.random.default_rng(3), 40, 60)
   encoded = tf.constant(input_images.encode(array, 'PNG'))
-  config = default.get_config()
-  config.resize_size, config.image_size, config.center_square = 40, 32, center_square
+  config = _host_resize_config()
+  config.center_square = center_square
   lefts = set()
-  for key in KEYS[:12]:
-    crop = input_pipeline.preprocess_train(encoded, key, config)['image'].numpy()
+  for position in POSITIONS[:12]:
+    crop = input_pipeline.preprocess_train(encoded, position, config)['image'].numpy()
     lefts |= {x for y in range(9) for x in range(29) if (array[y:y + 32, x:x + 32] == crop).all()}
   # The central square spans columns 10..49, so crops start at columns 10..18; the whole image
   # lets them start anywhere in 0..28.
   assert len(lefts) > 3
   assert lefts <= set(range(10, 19)) if center_square else not lefts <= set(range(10, 19))
+
+
+# Training crops resized on the device: a region of the image holding the window, and where it lies.
+
+
+@pytest.mark.parametrize('height,width', [(40, 60), (80, 50), (30, 36), (100, 120)])
+@pytest.mark.parametrize('random_crop', [True, False])
+def test_crops_resized_on_the_device_are_the_hosts(height, width, random_crop):
+  # PNGs, which decode the same whatever the window: the crop resized from its region on the device
+  # is the host's crop, pixel for pixel up to a float's last bit (test_pixels.py). 40x60 and 80x50: windows that fit the region (47 pixels
+  # square at 32 of 40); 30x36: an image smaller than the region (padded); 100x120: a window larger
+  # than the region (resized on the host).
+  encoded = tf.constant(input_images.encode(
+      input_images.image_array(np.random.default_rng(height), height, width), 'PNG'))
+  host = _host_resize_config()
+  device = _host_resize_config()
+  device.device_resize_scale = 1.48
+  host.augment.random_crop = device.augment.random_crop = random_crop
+  side = input_pipeline.device_region_size(device)
+  assert side == 47
+  for position in POSITIONS[:6]:
+    crop = input_pipeline.preprocess_train(encoded, position, host)['image'].numpy()
+    example = input_pipeline.preprocess_train(encoded, position, device)
+    assert example['image'].shape == (side, side, 3) and example['image'].dtype == tf.uint8
+    y, x, size = example['window'].numpy()
+    assert 0 <= y and 0 <= x and y + size <= side and x + size <= side
+    batch = {'image': example['image'].numpy()[None], 'window': example['window'].numpy()[None]}
+    resized = np.asarray(pixels.resize_windows(batch, 32)['image'][0]).astype(int)
+    assert np.abs(resized - crop).max() <= 1 and (resized == crop).mean() > 0.98
+    if height < side:  # the region's rows below the image are padding
+      assert not example['image'].numpy()[height:].any()
+
+
+def test_crops_resized_on_the_device_from_a_jpeg():
+  # A JPEG decodes slightly differently at the border of a window that starts elsewhere (chroma
+  # upsampling): the region's crop matches the host's up to that.
+  encoded = _jpeg(375, 500)
+  host, device = default.get_config(), default.get_config()
+  host.device_resize_scale = 0
+  for position in POSITIONS[:4]:
+    crop = input_pipeline.preprocess_train(encoded, position, host)['image'].numpy().astype(float)
+    example = input_pipeline.preprocess_train(encoded, position, device)
+    assert example['image'].shape == (336, 336, 3)
+    batch = {k: example[k].numpy()[None] for k in ('image', 'window')}
+    resized = np.asarray(pixels.resize_windows(batch, 227)['image'][0]).astype(float)
+    assert np.abs(resized - crop).mean() < 0.5
+    np.testing.assert_allclose(resized[2:-2, 2:-2], crop[2:-2, 2:-2], atol=3)
+
+
+@pytest.mark.parametrize('height,width,window', [(375, 500, (10, 160, 332)), (375, 500, (43, 168, 332)),
+                                                 (20, 50, (3, 30, 17)), (500, 400, (0, 0, 336))])
+def test_region_around_holds_the_window(height, width, window):
+  y, x, h, w = input_pipeline.region_around(tf.constant(window + (window[2],)), tf.constant(height),
+                                            tf.constant(width), 336).numpy()
+  assert (h, w) == (min(height, 336), min(width, 336))
+  assert 0 <= y <= window[0] and window[0] + window[2] <= y + h <= height
+  assert 0 <= x <= window[1] and window[1] + window[2] <= x + w <= width
 
 
 @pytest.mark.parametrize('height,width', [(375, 500), (500, 375)])
@@ -290,14 +374,17 @@ def test_mock_imagenet_train_batches(mock_imagenet):
                                          process_index=0, process_count=1)
   for _ in range(8):  # more than an epoch of 50
     batch = next(batches)
-    assert batch['image'].shape == (8, 32, 32, 3) and batch['image'].dtype == np.uint8
+    # Regions of 47x47 (1.48 x 32) pixels around windows, resized to 32x32 on the device.
+    assert batch['image'].shape == (8, 47, 47, 3) and batch['image'].dtype == np.uint8
+    assert batch['window'].shape == (8, 3) and batch['window'].dtype == np.int32
     assert batch['flip'].shape == (8,) and batch['flip'].dtype == bool
     assert batch['rgb_shift'].shape == (8, 3) and batch['rgb_shift'].dtype == np.float32
     assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
     assert ((batch['label'] >= 0) & (batch['label'] < 1000)).all()
     assert batch['image'].std() > 10  # real pixels, not a constant
-    # Normalized on the device: inputs on a unit scale.
-    assert 0.2 < np.asarray(pixels.model_input(batch, config.augment)).std() < 3
+    # Resized and normalized on the device: inputs on a unit scale.
+    images = pixels.model_input(pixels.resize_windows(batch, 32), config.augment)
+    assert images.shape == (8, 32, 32, 3) and 0.2 < np.asarray(images).std() < 3
 
 
 def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):

@@ -1,7 +1,10 @@
-"""The on-device end of the preprocessing: uint8 pixels, flips and lighting shifts to the network's input."""
+"""The on-device end of the preprocessing: uint8 pixels (or regions to resize crops from), flips and
+lighting shifts to the network's input."""
 
 import jax
 import numpy as np
+import pytest
+import tensorflow as tf
 
 from alexnet_jax import pixels
 from configs import default
@@ -78,3 +81,27 @@ def test_model_input_jits():
            'rgb_shift': np.ones((2, 3), np.float32)}
   np.testing.assert_allclose(jax.jit(lambda b: pixels.model_input(b, augment))(batch),
                              pixels.model_input(batch, augment), rtol=1e-6)
+
+
+@pytest.mark.parametrize('size', [5, 9, 12, 17])
+def test_resize_windows_is_tensorflows_bilinear_resize(size):
+  # Windows of several sizes (shrunk, kept, enlarged to 9) at several places in 20x20 regions: each
+  # crop is TensorFlow's bilinear resize of its window, rounded, as the pipeline makes it on the host,
+  # up to the last bit of a float (a value within a rounding error of .5 may round the other way).
+  rng = np.random.default_rng(size)
+  regions = rng.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+  window = np.array([[0, 0, size], [20 - size, 20 - size, size], [1, 3, size], [2, 0, size]], np.int32)
+  crops = np.asarray(jax.jit(lambda b: pixels.resize_windows(b, 9))(
+      {'image': regions, 'window': window, 'label': np.arange(4)})['image'])
+  assert crops.shape == (4, 9, 9, 3) and crops.dtype == np.uint8
+  for region, (y, x, side), crop in zip(regions, window, crops):
+    expected = tf.round(tf.image.resize(tf.constant(region[y:y + side, x:x + side], tf.float32),
+                                        [9, 9], method='bilinear'))
+    difference = np.abs(crop.astype(int) - expected.numpy())
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.98
+
+
+def test_resize_windows_leaves_a_batch_of_crops_as_it_is():
+  batch = {'image': np.zeros((2, 9, 9, 3), np.uint8), 'label': np.arange(2)}
+  resized = pixels.resize_windows(batch, 9)
+  assert resized.keys() == batch.keys() and resized['image'] is batch['image']

@@ -1,4 +1,5 @@
-"""The XLA flag that importing alexnet_jax adds (alexnet_jax/__init__.py), in fresh interpreters."""
+"""The XLA flag and TensorFlow allocator setting that importing alexnet_jax adds
+(alexnet_jax/__init__.py), in fresh interpreters."""
 
 import os
 import subprocess
@@ -10,8 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 
 
-def _python(code: str, xla_flags: str = '') -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
+def _python(code: str, xla_flags: str = '', **env_vars: str) -> subprocess.CompletedProcess:
+  # Without the allocator setting that importing alexnet_jax into this process made.
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
+  env.update(XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu', **env_vars)
   return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=120)
 
@@ -35,3 +38,21 @@ def test_importing_after_jax_started_warns_that_the_flag_came_too_late(user_flag
   result = _python('import jax; jax.numpy.zeros(1); import alexnet_jax', xla_flags=user_flag)
   assert result.returncode == 0, result.stderr
   assert ('imported after JAX started its CPU backend' in result.stderr) == warns
+
+
+# TensorFlow's pooling CPU allocator is the only one with memory statistics.
+_ALLOCATOR_STATS = ('import alexnet_jax.input_pipeline, tensorflow as tf; tf.constant(1)\n'
+                    'try:\n  tf.config.experimental.get_memory_info("CPU:0"); print("pool")\n'
+                    'except ValueError:\n  print("malloc")')
+
+
+def test_import_makes_tensorflow_pool_its_host_memory():
+  result = _python(_ALLOCATOR_STATS)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['pool']
+
+
+def test_an_allocator_setting_the_user_made_wins():
+  result = _python(_ALLOCATOR_STATS, TF_CPU_ALLOCATOR_USE_BFC='false')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['malloc']

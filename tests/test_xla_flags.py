@@ -41,7 +41,7 @@ def test_importing_after_jax_started_warns_that_the_flag_came_too_late(user_flag
 
 
 # TensorFlow's pooling CPU allocator is the only one with memory statistics.
-_ALLOCATOR_STATS = ('import alexnet_jax.input_pipeline, tensorflow as tf; tf.constant(1)\n'
+_ALLOCATOR_STATS = ('import alexnet_jax, tensorflow as tf; tf.constant(1)\n'
                     'try:\n  tf.config.experimental.get_memory_info("CPU:0"); print("pool")\n'
                     'except ValueError:\n  print("malloc")')
 

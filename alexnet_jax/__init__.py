@@ -13,7 +13,7 @@ first), the package warns that the flag came too late instead of leaving the slo
 It also sets `TF_CPU_ALLOCATOR_USE_BFC=true` (unless set): TensorFlow then keeps the host memory
 of the input pipeline's tensors in its own pool instead of asking malloc for each. A training batch
 of regions is ~43 MB, and glibc maps every block above 32 MB afresh, page-faulting it in on each use:
-that alone cost the pipeline about a tenth of its CPU time (docs/benchmarks.md, "Input pipeline").
+that alone cost the pipeline 15-25% of its CPU time (docs/benchmarks.md, "Input pipeline").
 TensorFlow reads the variable when it runs its first operation, which no entry point here does
 before importing this package. The pool grows as needed and keeps what it took.
 """

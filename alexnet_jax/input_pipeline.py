@@ -285,8 +285,9 @@ def training_draws(config: ml_collections.ConfigDict, epoch: np.ndarray, index: 
   with alpha_i ~ N(0, pca_lighting^2) (zeros without `augment.pca_lighting`).
 
   Drawn with numpy for a whole window of examples at once, not per image in tf.data: each small
-  TensorFlow op in the per-image map costs about a microsecond and a stateless random draw tens, and
-  drawing these there cost the pipeline ~8% of its CPU time (docs/benchmarks.md, "Input pipeline").
+  TensorFlow op in the per-image map costs about a microsecond, a stateless random draw more, and
+  drawing these there cost ~50 us per image, ~4% of a decode (docs/benchmarks.md, "Input
+  pipeline").
   The flip and the shift are applied on the device (`pixels.model_input`).
   """
   uniform = example_uniforms(int(config.seed), epoch, index, 9)

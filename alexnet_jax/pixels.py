@@ -69,8 +69,9 @@ def resize_windows(batch: Mapping[str, jax.Array], image_size: int) -> dict[str,
   `input_pipeline.random_crop` resizes them on the host (bilinear, rounded); a batch without
   'window' as it is.
 
-  Along rows, then along columns (on the transposed images), in the order of TensorFlow's kernel;
-  gathering whole rows made this 2-3x faster on a CPU than gathering single pixels.
+  Interpolated across columns first (as rows of the transposed images), then down rows: the order
+  of TensorFlow's kernel. Gathering whole rows made the resize alone 2-3x faster on a CPU than
+  gathering single pixels.
   """
   if 'window' not in batch:
     return dict(batch)

@@ -11,10 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 
 
-def _python(code: str, xla_flags: str = '', **env_vars: str) -> subprocess.CompletedProcess:
-  # Without the allocator setting that importing alexnet_jax into this process made.
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
-  env.update(XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu', **env_vars)
+def _python(code: str, xla_flags: str = '') -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=120)
 
@@ -46,13 +44,14 @@ _ALLOCATOR_STATS = ('import alexnet_jax, tensorflow as tf; tf.constant(1)\n'
                     'except ValueError:\n  print("malloc")')
 
 
-def test_import_makes_tensorflow_pool_its_host_memory():
-  result = _python(_ALLOCATOR_STATS)
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.split() == ['pool']
-
-
-def test_an_allocator_setting_the_user_made_wins():
-  result = _python(_ALLOCATOR_STATS, TF_CPU_ALLOCATOR_USE_BFC='false')
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.split() == ['malloc']
+def test_import_makes_tensorflow_pool_its_host_memory_unless_the_user_chose():
+  # Two fresh interpreters at once: the package's setting, and a user's own that wins. Neither
+  # inherits the setting that importing alexnet_jax into this process made.
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPU_ALLOCATOR_USE_BFC'}
+  runs = [subprocess.Popen([sys.executable, '-c', _ALLOCATOR_STATS], cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=dict(env, JAX_PLATFORMS='cpu', **extra))
+          for extra in ({}, {'TF_CPU_ALLOCATOR_USE_BFC': 'false'})]
+  outputs = [run.communicate(timeout=120) for run in runs]
+  assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+  assert [out.split() for out, _ in outputs] == [['pool'], ['malloc']]

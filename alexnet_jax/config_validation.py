@@ -36,7 +36,6 @@ def _one_of(*values) -> _Rule:
 _INT, _NUMBER = (int,), (int, float)
 _POSITIVE_INT = _Rule(_INT, lambda v: v > 0, 'an integer > 0')
 _BOOL = _Rule((bool,), lambda v: True, 'True or False')
-_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX; importing that module would import TensorFlow
 
 RULES: dict[str, _Rule] = {
     'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "synthetic" or "synthetic_learnable"'),
@@ -85,11 +84,12 @@ RULES: dict[str, _Rule] = {
     'model.width': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
     'model.init_scheme': _one_of(*model_lib.INIT_SCHEMES),
     'model.dtype': _one_of(*model_lib.DTYPES),
+    'model.conv_impl': _one_of(*model_lib.CONV_IMPLS),
     'init_from': _Rule((str,), lambda v: not v or os.path.isdir(os.path.join(v, 'checkpoints')),
                        'a workdir holding checkpoints/ (e.g. of alexnet_jax.convert), or ""'),
     'seed': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
     'skip_nonfinite_steps': _BOOL,
-    'parallelism': _one_of('shard_map', 'pmap'),
+    'parallelism': _one_of('shard_map', 'pmap'),  # parallel.PARALLELISMS (parallel imports JAX)
     'model_parallel': _Rule(_INT, lambda v: v in (1, 2), '1 or 2'),
     'log_every_steps': _POSITIVE_INT,
     'eval_every_steps': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for every epoch'),
@@ -103,7 +103,8 @@ def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
   value = config
   for part in key.split('.'):
     if part not in value:
-      raise ConfigError(f'config.{key} is missing; start from configs/default.py, which sets every key')
+      raise ConfigError(f'config.{key} is missing; start from alexnet_jax.defaults.get_config() '
+                        '(configs/default.py), which sets every key')
     value = value[part]
   return value
 
@@ -131,8 +132,8 @@ def _validate_dataset(dataset: str, data_dir: str | None) -> None:
   data_dir). TFDS is imported only for TFDS names, so synthetic runs stay free of it."""
   if dataset in data.SYNTHETIC_DATASETS:
     return
-  if dataset.startswith(_FOLDER_PREFIX):
-    root = dataset[len(_FOLDER_PREFIX):]
+  if dataset.startswith(data.FOLDER_PREFIX):
+    root = dataset[len(data.FOLDER_PREFIX):]
     if not os.path.isdir(root):
       raise ConfigError(f'config.dataset={dataset!r}: {root!r} is not a directory; a folder dataset '
                         f'is "folder:/path" with /path/train/<class>/*.jpg (see README)')
@@ -147,7 +148,7 @@ def _validate_dataset(dataset: str, data_dir: str | None) -> None:
   raise ConfigError(
       f'config.dataset={dataset!r} is invalid: expected a TFDS name (e.g. \'imagenet2012\'; no builder '
       f'{name.name!r} is registered or prepared in {", ".join(map(str, data_dirs))}), '
-      f'"{_FOLDER_PREFIX}/path", {" or ".join(map(repr, data.SYNTHETIC_DATASETS))}')
+      f'"{data.FOLDER_PREFIX}/path", {" or ".join(map(repr, data.SYNTHETIC_DATASETS))}')
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int,
@@ -157,9 +158,9 @@ def validate_devices(config: ml_collections.ConfigDict, device_count: int,
   `model_parallel=2` can pair up these devices for this model."""
   replicas, what_replicas = device_count, 'devices'
   if config.model_parallel == 2:
-    from alexnet_jax import model_parallel  # pylint: disable=g-import-not-at-top  (JAX; only here)
+    from alexnet_jax import towers  # pylint: disable=g-import-not-at-top  (JAX; only here)
     try:
-      model_parallel.check_config(config, device_count, process_count)
+      towers.check_config(config, device_count, process_count)
     except ValueError as e:
       raise ConfigError(str(e)) from None
     replicas, what_replicas = device_count // 2, 'device pairs (model_parallel=2)'

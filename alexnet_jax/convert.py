@@ -4,7 +4,7 @@ Converting torchvision's published AlexNet (the `variant='torchvision'` layout o
 
   python -m alexnet_jax.convert --from=torchvision --weights=alexnet-owt-7be5be79.pth --workdir=DIR
 
-writes DIR/config.json (configs/default.py with the torchvision model, 224 crops of 256 resizes, the
+writes DIR/config.json (the default config with the torchvision model, 224 crops of 256 resizes, the
 class count of the weights) and DIR/checkpoints/0, a full train state at step 0, so `alexnet_jax.main`,
 `alexnet_jax.evaluate`, `alexnet_jax.predict` and `alexnet_jax.visualize` all load DIR like a trained
 workdir. Any config key can be set with `--config.KEY=VALUE` (e.g. `--config.data_dir=...`), as for main.
@@ -20,29 +20,27 @@ std (0.229, 0.224, 0.225). Multiplied by 255 these are exactly pixels.IMAGENET_M
 IMAGENET_STD_RGB, so the converted config keeps `augment.subtract_mean` and `augment.divide_std` on, and
 evaluation and prediction feed the network what it was trained on (docs/pretrained.md).
 
-Fine-tuning: `load_pretrained_params(path, target_params)` takes the parameters of any workdir (a
-converted one, or a finished run) for a new model, keeping the new model's freshly initialized fc8 when
-the class counts differ. This module imports neither TensorFlow nor train.py, so train.py can use it.
+Fine-tuning from any workdir (a converted one, or a finished run) with `--config.init_from=DIR`,
+keeping the new model's freshly initialized fc8 when the class counts differ, is `workdir.load_pretrained_params`.
 """
 
 from collections.abc import Mapping
-import json
 import os
 import sys
 from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from alexnet_jax import checkpointing
+from alexnet_jax import cli
+from alexnet_jax import defaults
+from alexnet_jax import optim
+from alexnet_jax import steps
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.model import AlexNet
-from configs import default
 
 # Our layer name -> torchvision.models.alexnet's module path.
 TORCHVISION_LAYERS = {
@@ -59,7 +57,6 @@ TORCHVISION_CONV1_FILTERS = 64  # conv1's width at width=1.0; narrower state dic
 TORCHVISION_IMAGE_SIZE = 224
 TORCHVISION_RESIZE_SIZE = 256
 _POOLED_SIZE = 6  # torchvision's AdaptiveAvgPool2d((6, 6)) before fc6
-CHECKPOINTS = ('latest', 'best')  # or a step number
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -85,21 +82,6 @@ def torchvision_model(variables: Mapping[str, Any]) -> AlexNet:
   return AlexNet(num_classes=int(params['fc8']['kernel'].shape[1]), variant='torchvision',
                  groups=1, lrn=False,
                  width=params['conv1']['kernel'].shape[3] / TORCHVISION_CONV1_FILTERS)
-
-
-def check_params_match(params: Mapping[str, Any], model: AlexNet, image_size: int,
-                       what: str) -> None:
-  """Raises ValueError naming every array of `params` whose shape `model` does not have."""
-  wanted = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False))['params']
-  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf))
-                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-  wanted, found = shapes(wanted), shapes(params)
-  problems = [f'{key}: {what} {found.get(key, "absent")}, model {wanted.get(key, "absent")}'
-              for key in sorted(set(wanted) | set(found)) if wanted.get(key) != found.get(key)]
-  if problems:
-    raise ValueError(f'The parameters of {what} do not fit AlexNet(variant={model.variant!r}, '
-                     f'width={model.width}, num_classes={model.num_classes}): ' + '; '.join(problems))
 
 
 def from_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,7 +114,7 @@ def from_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
       kernel = weight.T  # (out, in) -> (in, out)
     params[layer] = {'kernel': np.ascontiguousarray(kernel), 'bias': arrays[f'{module}.bias']}
   variables = {'params': params}
-  check_params_match(params, torchvision_model(variables), TORCHVISION_IMAGE_SIZE,
+  workdir_lib.check_params_match(params, torchvision_model(variables), TORCHVISION_IMAGE_SIZE,
                      'the torchvision state dict')
   return variables
 
@@ -177,138 +159,28 @@ def torchvision_config(base: ml_collections.ConfigDict, variables: Mapping[str, 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any | None = None) -> None:
   """DIR/config.json and DIR/checkpoints/0: a train state of `config` at step 0 holding `params`
   (None: the fresh initialization of `config`'s model)."""
-  # train.py imports this module (load_pretrained_params); importing it at call time keeps the
-  # import graph acyclic.
-  from alexnet_jax import optim, train  # pylint: disable=g-import-not-at-top
-
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, async_save=False)
+  checkpointer = workdir_lib.Checkpointer(workdir, config.keep_checkpoints, async_save=False)
   if checkpointer.latest_step() is not None:
     checkpointer.close()
     raise FileExistsError(f'{checkpointer.directory} already holds checkpoints (latest step '
                           f'{checkpointer.latest_step()}); convert into a new --workdir.')
-  model = train.create_model(config, config.num_classes)
+  model = steps.create_model(config, config.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch=1, total_steps=1)
-  state = train.create_train_state(config, model, tx)
+  state = steps.create_train_state(config, model, tx)
   if params is not None:
-    check_params_match(params, model, config.image_size, 'the weights to write')
+    workdir_lib.check_params_match(params, model, config.image_size, 'the weights to write')
     state = state.replace(params=jax.tree.map(np.asarray, params))
   try:
     checkpointer.save(0, state)
     checkpointer.wait()
   finally:
     checkpointer.close()
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameters out of a workdir.
-# --------------------------------------------------------------------------------------------------
-
-
-def load_config(workdir: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """DIR/config.json as a ConfigDict; `overrides` (top-level keys) replace values unless None.
-
-  Keys that configs/default.py has and the file lacks (added after the run) keep their defaults.
-  """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} does not exist: --workdir must be a workdir written by '
-                            'alexnet_jax.main or alexnet_jax.convert.')
-  config = default.get_config()
-  with open(path, encoding='utf-8') as f:
-    config.update(json.load(f))
-  for key, value in overrides.items():
-    if value is not None:
-      config[key] = value
-  return config
-
-
-def checkpoint_step(workdir: str, checkpoint: str = 'latest') -> tuple[str, int]:
-  """(checkpoint directory, step) named by `checkpoint`: 'latest', 'best' or a step number."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder: give the --workdir of a run of '
-                            'alexnet_jax.main or of alexnet_jax.convert.')
-  checkpointer = checkpointing.Checkpointer(workdir, keep=1, async_save=False)
-  try:
-    latest_dir = checkpointer.directory
-    if checkpoint == 'latest':
-      step, directory = checkpointer.latest_step(), latest_dir
-    elif checkpoint == 'best':
-      step, directory = checkpointer.best_step(), os.path.join(os.path.dirname(latest_dir),
-                                                                'checkpoints_best')
-    elif str(checkpoint).isdigit():
-      step, directory = int(checkpoint), latest_dir
-      if step not in checkpointer.all_steps():
-        raise FileNotFoundError(f'No checkpoint of step {step} in {latest_dir}; it holds steps '
-                                f'{checkpointer.all_steps()}.')
-    else:
-      raise ValueError(f'checkpoint={checkpoint!r}: use latest, best or a step number.')
-  finally:
-    checkpointer.close()
-  if step is None:
-    hint = (' (best checkpoints are written at evals during training; use --checkpoint=latest)'
-            if checkpoint == 'best' else '')
-    raise FileNotFoundError(f'No {checkpoint} checkpoint in {directory}{hint}.')
-  return directory, int(step)
-
-
-def restore_params(workdir: str, checkpoint: str = 'latest') -> tuple[dict[str, Any], int]:
-  """(params as host NumPy arrays, step) of a workdir's checkpoint; reads the parameters only.
-
-  Works whatever optimizer wrote the checkpoint and however many devices it ran on.
-  """
-  directory, step = checkpoint_step(workdir, checkpoint)
-  manager = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
-  try:
-    stored = manager.item_metadata(step).tree  # shapes and dtypes, nothing read yet
-    if 'params' not in stored:
-      raise ValueError(f'The checkpoint of step {step} in {directory} holds no params.')
-    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
-    target = {'params': jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=host), stored['params'])}
-    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  finally:
-    manager.close()
-  return jax.tree.map(np.asarray, restored['params']), step
-
-
-def load_pretrained_params(path: str, target_params: Mapping[str, Any]) -> dict[str, Any]:
-  """`target_params` with every layer replaced by the latest checkpoint's of workdir `path`.
-
-  fc8, the classifier, keeps its value from `target_params` (a fresh initialization) when its shape
-  differs, so a 1000-class ImageNet model starts a 10-class fine-tuning. Any other difference is an
-  error: the two models must share everything below the classifier.
-  """
-  source, step = restore_params(path)
-  shapes = lambda tree: jax.tree.map(np.shape, dict(tree))
-  params, problems = {}, []
-  for layer, target in target_params.items():
-    if layer in source and shapes(source[layer]) == shapes(target):
-      params[layer] = source[layer]
-    elif layer == 'fc8' and layer in source:
-      logging.info('init_from %s: fc8 %s -> %s, keeping its fresh initialization', path,
-                   np.shape(source['fc8']['kernel']), np.shape(target['kernel']))
-      params[layer] = jax.tree.map(np.asarray, dict(target))
-    else:
-      problems.append(f'{layer}: {shapes(source[layer]) if layer in source else "absent"} in '
-                      f'{path}, {shapes(target)} in this model')
-  if problems:
-    raise ValueError(f'Cannot start from {path} (step {step}): its model differs from this config\'s '
-                     f'below the classifier ({"; ".join(problems)}). Only fc8 may differ; set '
-                     'config.model to the model that wrote it (see its config.json).')
-  logging.info('initialized from %s, step %d', path, step)
-  return params
+  workdir_lib.write_config(workdir, config)
 
 
 # --------------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------------
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'default.py')
 
 
 def main(argv: list[str]) -> None:
@@ -328,17 +200,18 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program: train.py imports this module, and main's flags (--workdir,
+  # Defined only when run as a program: tests import this module with main's, whose flags (--workdir,
   # --config) must not meet a second definition.
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum('from', 'torchvision', ['torchvision'], 'Where the weights come from.')
   flags.DEFINE_string('weights', None, 'A .pth file: torch.save(alexnet.state_dict(), path).')
   flags.DEFINE_string('workdir', None, 'The new workdir to write.')
-  config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
-                                  'The base config; model, sizes and classes come from the weights.')
+  config_flags.DEFINE_config_file('config', defaults.__file__,
+                                  'The base config (default: alexnet_jax/defaults.py, the paper\'s '
+                                  'recipe); model, sizes and classes come from the weights.')
   flags.mark_flags_as_required(['weights', 'workdir'])
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -27,9 +27,13 @@ The forward convolution and the input gradient stay XLA's own convolutions. Resu
 float summation order (tests/test_cpu_ops.py checks 1e-5 relative; the max-pool gradient exactly).
 
 `conv_general_dilated` takes the same arguments as `lax.conv_general_dilated` and falls back to it for
-anything it does not handle (dilation, batch groups, layouts other than NHWC/HWIO). `for_backend()` picks it
-on CPU and plain `lax.conv_general_dilated` elsewhere, and `max_pool` uses its rewrite on CPU only: on
-GPU cuDNN's native kernels are the fast path.
+anything it does not handle (dilation, batch groups, layouts other than NHWC/HWIO).
+
+Which path a model takes is its `conv_impl` (config key `model.conv_impl`, `IMPLS`): 'cpu_ops', these
+rewrites; 'lax', XLA's own convolutions and max-pool gradient, the fast path on GPU (cuDNN) and TPU;
+'auto' (the default), 'cpu_ops' when JAX's default backend is the CPU and 'lax' elsewhere, decided
+when the model is traced. Setting it explicitly lets the tests run the GPU path on a CPU and compare
+the two (tests/test_cpu_ops.py).
 """
 
 from collections.abc import Callable, Sequence
@@ -43,9 +47,21 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 Padding = Sequence[tuple[int, int]]
 
 
-def for_backend() -> Callable[..., jax.Array]:
-  """The convolution to use on the default backend: ours on CPU, XLA's own elsewhere."""
-  return conv_general_dilated if jax.default_backend() == 'cpu' else lax.conv_general_dilated
+IMPLS = ('auto', 'lax', 'cpu_ops')
+
+
+def resolve(impl: str) -> str:
+  """'lax' or 'cpu_ops': `impl`, with 'auto' decided by JAX's default backend (module docstring)."""
+  if impl not in IMPLS:
+    raise ValueError(f'conv_impl={impl!r} is not one of {", ".join(map(repr, IMPLS))}.')
+  if impl == 'auto':
+    return 'cpu_ops' if jax.default_backend() == 'cpu' else 'lax'
+  return impl
+
+
+def conv_factory(impl: str) -> Callable[[], Callable[..., jax.Array]]:
+  """For `nn.Conv(conv_general_dilated_cls=...)`: a callable that gives the convolution of `impl`."""
+  return lambda: conv_general_dilated if resolve(impl) == 'cpu_ops' else lax.conv_general_dilated
 
 
 def _dense_conv(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> jax.Array:
@@ -207,11 +223,12 @@ def _max_pool_bwd(window, stride, residuals, dy):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+def max_pool(x: jax.Array, window: int, stride: int, impl: str = 'auto') -> jax.Array:
   """VALID `window` x `window` max-pool with stride `stride` over an NHWC map (`nn.max_pool`'s result).
 
-  On CPU its gradient is the rewrite of the module docstring; elsewhere it is XLA's own.
+  With `impl` 'cpu_ops' (on CPU, under 'auto') its gradient is the rewrite of the module docstring;
+  with 'lax' it is XLA's own.
   """
-  if jax.default_backend() != 'cpu':
+  if resolve(impl) == 'lax':
     return _reduce_max(x, window, stride)
   return _max_pool(x, window, stride)

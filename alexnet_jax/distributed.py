@@ -2,7 +2,7 @@
 
 Three ways a process learns who its peers are, tried in this order:
 
-1. Explicit flags, for any launcher (launch/local.py passes them):
+1. Explicit settings, for any launcher (launch/local.py passes them to main.py as flags):
      --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 2. The cluster environment JAX detects by itself: a SLURM job step started with `srun`
    (launch/slurm/train.sbatch) or an Open MPI `mpirun`. JAX reads SLURM_STEP_NODELIST, which
@@ -10,7 +10,7 @@ Three ways a process learns who its peers are, tried in this order:
 3. Neither: one process, no distributed runtime.
 
 Failure detection. Every process sends heartbeats to the coordination service run by process 0.
-A process silent for --heartbeat_timeout_seconds (default 60) is declared dead and every other
+A process silent for `heartbeat_timeout_seconds` (main.py's --heartbeat_timeout_seconds, default 60) is declared dead and every other
 process is terminated with an error. A collective that loses its peer fails at once; the survivors
 then exit within the same heartbeat timeout (measured: dead peer at t=0, survivor gone at about
 t=60 s). So a dead peer never leaves the job hanging for longer than about a minute; rerunning the
@@ -22,25 +22,13 @@ import os
 import secrets
 import socket
 
-from absl import flags
 from absl import logging
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-    'coordinator_address', None,
-    'HOST:PORT of process 0, reachable from every process. Set together with --num_processes '
-    'and --process_id; leave all three unset under SLURM (srun) or mpirun.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Number of processes in the run (1 forces a single-process run).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
-_HEARTBEAT_TIMEOUT_SECONDS = flags.DEFINE_integer(
-    'heartbeat_timeout_seconds', 60,
-    'A process silent for this long is declared dead and all others exit with an error.',
-    lower_bound=1)
-
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 60
 INITIALIZATION_TIMEOUT_SECONDS = 300  # peers that do not show up by then: error
 SHUTDOWN_TIMEOUT_SECONDS = 120  # at exit, wait this long for the others to finish too
 
@@ -61,15 +49,18 @@ def _detected_cluster() -> str | None:
   return None
 
 
-def initialize() -> None:
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None,
+               heartbeat_timeout_seconds: int = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS) -> None:
   """Joins the multi-process run this process belongs to, if any.
 
-  Call before anything touches JAX devices. Reads --coordinator_address, --num_processes and
-  --process_id; without them, joins the cluster JAX detects (SLURM job step, Open MPI); else
-  leaves JAX single-process.
+  Call before anything touches JAX devices. Takes the three explicit settings (main.py's flags
+  --coordinator_address, --num_processes, --process_id; all or none); without them, joins the
+  cluster JAX detects (SLURM job step, Open MPI); else leaves JAX single-process.
+  `num_processes=1` forces a single-process run.
   """
-  explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if _NUM_PROCESSES.value == 1:
+  explicit = (coordinator_address, num_processes, process_id)
+  if num_processes == 1:
     logging.info('--num_processes=1: single-process run.')
     return
   if any(value is not None for value in explicit):
@@ -87,11 +78,11 @@ def initialize() -> None:
   # Cross-process collectives on CPU devices go through gloo (TCP); GPUs use NCCL regardless.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
-      coordinator_address=_COORDINATOR_ADDRESS.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
       initialization_timeout=INITIALIZATION_TIMEOUT_SECONDS,
-      heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT_SECONDS.value,
+      heartbeat_timeout_seconds=heartbeat_timeout_seconds,
       shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_SECONDS)
   logging.info('Joined a run of %d processes as process %d (via %s) on %s.',
                jax.process_count(), jax.process_index(), cluster, socket.gethostname())

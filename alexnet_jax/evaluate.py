@@ -7,12 +7,8 @@ which data, its checkpoints hold the parameters. The numbers come from the train
 (`train.evaluate`: every example once, 10-crop softmax averaging as in §4.1), so a checkpoint evaluated
 here reproduces the eval record training wrote for it. The result is printed and appended to
 DIR/metrics.jsonl as {"split": "eval", "step": ..., "checkpoint": "latest", "eval_crops": 10, ...}.
-
-Also the loader for predict and the neighbours figure: `load(workdir, checkpoint)` gives the config,
-the model and the parameters of a checkpoint.
 """
 
-import dataclasses
 import sys
 import time
 from typing import Any
@@ -24,38 +20,20 @@ from flax import struct
 import jax
 import ml_collections
 
+from alexnet_jax import cli
 from alexnet_jax import config_validation
-from alexnet_jax import convert
 from alexnet_jax import data
 from alexnet_jax import metrics
 from alexnet_jax import optim
+from alexnet_jax import parallel as parallel_lib
 from alexnet_jax import train
-from alexnet_jax.model import AlexNet
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-  """A checkpoint with what it takes to run it."""
-  config: ml_collections.ConfigDict  # DIR/config.json, with any overrides
-  model: AlexNet
-  params: dict[str, Any]  # host NumPy arrays
-  step: int
+from alexnet_jax import workdir as workdir_lib
 
 
 @struct.dataclass
 class _EvalState:
   """The part of a train state the eval step reads (make_parallel's eval function uses `.params`)."""
   params: Any
-
-
-def load(workdir: str, checkpoint: str = 'latest', **overrides: Any) -> Loaded:
-  """The model of DIR/config.json with the parameters of checkpoint 'latest', 'best' or STEP."""
-  config = convert.load_config(workdir, **overrides)
-  model = train.create_model(config, config.num_classes)
-  params, step = convert.restore_params(workdir, checkpoint)
-  convert.check_params_match(params, model, config.image_size,
-                             f'the {checkpoint} checkpoint (step {step}) of {workdir}')
-  return Loaded(config=config, model=model, params=params, step=step)
 
 
 def _eval_batch_size(config: ml_collections.ConfigDict) -> int:
@@ -76,8 +54,8 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
   # Data parallel whatever the run used: a model_parallel=2 checkpoint has the same parameter tree and
   # evaluates the same on any device count (training's device pairs may not exist here).
   overrides = {'model_parallel': 1, **overrides}
-  config_validation.validate(convert.load_config(workdir, **overrides))
-  loaded = load(workdir, checkpoint, **overrides)
+  config_validation.validate(workdir_lib.load_config(workdir, **overrides))
+  loaded = workdir_lib.load(workdir, checkpoint, **overrides)
   config = loaded.config
   names = data.class_names(config)  # not get_dataset_info: it would check the training images too
   if names is not None and len(names) != config.num_classes:
@@ -85,7 +63,7 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
         f'{config.dataset} has {len(names)} classes but the model in {workdir} has '
         f'{config.num_classes}: its labels do not line up. Fine-tune a model on {config.dataset} '
         '(config.init_from) and evaluate that.')
-  parallel = train.make_parallel(config, loaded.model, optim.create_optimizer(config, 1, 1))
+  parallel = parallel_lib.make_parallel(config, loaded.model, optim.create_optimizer(config, 1, 1))
   state = parallel.put_state(_EvalState(params=loaded.params))
   start = time.time()
   results = train.evaluate(parallel, state, config, _eval_batch_size(config))
@@ -130,4 +108,4 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

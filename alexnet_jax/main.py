@@ -15,10 +15,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing
+from alexnet_jax import cli
 from alexnet_jax import config_validation
 from alexnet_jax import distributed
 from alexnet_jax import train
+from alexnet_jax import workdir as workdir_lib
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; launch/ scripts requeue on it
 CONFIG_ERROR_EXIT_CODE = 2
@@ -29,6 +30,18 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, metrics.jsonl, config.json and TensorBoard logs go; storage '
     'every process sees.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Joining a multi-process run (alexnet_jax/distributed.py).
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None,
+    'HOST:PORT of process 0, reachable from every process. Set together with --num_processes '
+    'and --process_id; leave all three unset under SLURM (srun) or mpirun.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes in the run (1 forces a single-process run).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+_HEARTBEAT_TIMEOUT_SECONDS = flags.DEFINE_integer(
+    'heartbeat_timeout_seconds', distributed.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    'A process silent for this long is declared dead and all others exit with an error.',
+    lower_bound=1)
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -87,7 +100,9 @@ def main(argv: list[str]) -> None:
   except config_validation.ConfigError as e:
     _fail(str(e), CONFIG_ERROR_EXIT_CODE)
 
-  distributed.initialize()  # before anything asks JAX for its devices
+  # Before anything asks JAX for its devices.
+  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _HEARTBEAT_TIMEOUT_SECONDS.value)
   try:
     config_validation.validate_devices(config, jax.device_count(), jax.process_count())
   except config_validation.ConfigError as e:
@@ -99,14 +114,14 @@ def main(argv: list[str]) -> None:
 
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except checkpointing.CheckpointMismatchError as e:
+  except workdir_lib.CheckpointMismatchError as e:
     _fail(str(e), CONFIG_ERROR_EXIT_CODE)
   except train.Preempted as e:
     logging.warning('%s', e)
     sys.exit(PREEMPTED_EXIT_CODE)
-  except (train.NonFiniteLossError, checkpointing.CheckpointWriteError) as e:
+  except (train.NonFiniteLossError, workdir_lib.CheckpointWriteError) as e:
     _fail(str(e), 1)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)

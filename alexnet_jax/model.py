@@ -29,6 +29,7 @@ VARIANTS = ('paper', 'torchvision')
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
 INIT_SCHEMES = ('paper', 'he')
 DTYPES = ('float32', 'bfloat16')
+CONV_IMPLS = cpu_ops.IMPLS
 
 # §5: "We initialized the neuron biases in the second, fourth, and fifth convolutional layers, as
 # well as in the fully-connected hidden layers, with the constant 1."
@@ -196,6 +197,9 @@ class AlexNet(nn.Module):
       scale its logits overflow.) 'paper' is kept for faithful reproductions.
     dtype: compute dtype, 'float32' or 'bfloat16' (a string or a dtype). Parameters stay float32;
       logits are returned in float32.
+    conv_impl: how convolutions and max-pools are computed, the same function either way:
+      'lax' (XLA's own kernels: cuDNN on GPU), 'cpu_ops' (alexnet_jax/cpu_ops.py, faster on XLA's CPU
+      backend), or 'auto': 'cpu_ops' on CPU, 'lax' elsewhere.
   """
   num_classes: int = 1000
   variant: str = 'paper'
@@ -207,12 +211,14 @@ class AlexNet(nn.Module):
   width: float = 1.0
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   def __post_init__(self):
     super().__post_init__()
     _check_choice('variant', self.variant, VARIANTS)
     _check_choice('activation', self.activation, tuple(ACTIVATIONS))
     _check_choice('init_scheme', self.init_scheme, INIT_SCHEMES)
+    _check_choice('conv_impl', self.conv_impl, CONV_IMPLS)
     compute_dtype(self.dtype)
     if not isinstance(self.groups, int) or self.groups < 1:
       raise ValueError(f'AlexNet groups={self.groups!r} must be a positive integer (1 or 2).')
@@ -255,18 +261,18 @@ class AlexNet(nn.Module):
     for index, layer in enumerate(CONVS[self.variant], start=1):
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
-      # cpu_ops.for_backend: XLA's own convolution on GPU/TPU; on CPU, the same convolution
-      # rewritten where XLA's CPU kernels are slow (docs/profiling.md), equal up to float rounding.
+      # conv_impl: XLA's own convolution, or the same convolution rewritten where XLA's CPU
+      # kernels are slow (docs/profiling.md), equal up to float rounding.
       x = nn.Conv(features, (layer.kernel, layer.kernel), strides=layer.stride,
                   padding=[(layer.padding, layer.padding)] * 2,
                   feature_group_count=groups if layer.grouped else 1,
-                  conv_general_dilated_cls=cpu_ops.for_backend,
+                  conv_general_dilated_cls=cpu_ops.conv_factory(self.conv_impl),
                   dtype=dtype, param_dtype=jnp.float32, name=name, **self._inits(name))(x)
       x = activation(x)
       if layer.lrn and self.lrn:
         x = local_response_norm(x)
-      if layer.pool:  # nn.max_pool's result; on CPU with a faster gradient (cpu_ops)
-        x = cpu_ops.max_pool(x, window, stride)
+      if layer.pool:  # nn.max_pool's result; with cpu_ops, a faster gradient on CPU
+        x = cpu_ops.max_pool(x, window, stride, self.conv_impl)
 
     if self.variant == 'torchvision':
       x = adaptive_avg_pool(x, _TORCHVISION_POOLED_SIZE)

@@ -17,10 +17,9 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import data
-from alexnet_jax import evaluate
-from alexnet_jax import pixels
-from alexnet_jax import predict
-from alexnet_jax import visualize
+from alexnet_jax import pictures
+from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.data import pixels
 from alexnet_jax.model import ACTIVATIONS, AlexNet
 
 
@@ -70,7 +69,7 @@ def _split_batches(config: ml_collections.ConfigDict, split: str, batch_size: in
                                process_count=1)
 
 
-def nearest_neighbors(loaded: evaluate.Loaded, *, num_queries: int = 8, num_neighbors: int = 6,
+def nearest_neighbors(loaded: workdir_lib.Loaded, *, num_queries: int = 8, num_neighbors: int = 6,
                       num_train: int = -1, batch_size: int = 64) -> Neighbors:
   """The first `num_queries` images of the eval split and their nearest training images.
 
@@ -134,21 +133,21 @@ def nearest_neighbors(loaded: evaluate.Loaded, *, num_queries: int = 8, num_neig
 def neighbors_figure(neighbors: Neighbors) -> np.ndarray:
   """Figure 4's layout: one row per query, the query first, then its neighbours, nearest first."""
   rows = np.concatenate([neighbors.query_images[:, None], neighbors.images], axis=1)
-  return visualize.image_grid(rows.reshape((-1,) + rows.shape[2:]), columns=rows.shape[1])
+  return pictures.image_grid(rows.reshape((-1,) + rows.shape[2:]), columns=rows.shape[1])
 
 
 def write_neighbors(workdir: str, out: str, checkpoint: str = 'latest', **options: Any
                     ) -> Neighbors:
   """Figure 4 for a workdir's checkpoint, saved as a PNG at `out`; `options` go to nearest_neighbors."""
-  loaded = evaluate.load(workdir, checkpoint)
+  loaded = workdir_lib.load(workdir, checkpoint)
   neighbors = nearest_neighbors(loaded, **options)
-  visualize.save_png(neighbors_figure(neighbors), out)
+  pictures.save_png(neighbors_figure(neighbors), out)
   return neighbors
 
 
 def describe(neighbors: Neighbors, config: ml_collections.ConfigDict) -> str:
   """One line per query: its class, then each neighbour's class and distance."""
-  names = predict.class_names(config)
+  names = data.readable_class_names(config)
   lines = []
   for query, labels, distances in zip(neighbors.query_labels, neighbors.labels,
                                       neighbors.distances):

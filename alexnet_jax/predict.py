@@ -2,16 +2,14 @@ r"""The five most probable classes of images:
 
   python -m alexnet_jax.predict --workdir=DIR [--checkpoint=latest|best|STEP] IMAGE [IMAGE ...]
 
-Each image is preprocessed exactly as the eval split is (`input_pipeline.preprocess_eval` with
+Each image is preprocessed exactly as the eval split is (`decode.preprocess_eval` with
 DIR/config.json: shorter side resized to `resize_size`, the center `image_size` crop or, with
 `--eval_crops=10`, ten crops whose softmax outputs are averaged, then the config's normalization,
 `pixels.model_input`), so a converted torchvision model gets torchvision's mean/std inputs and a model
 trained here gets its own.
 
-Class names: for TFDS datasets, their label names, with ImageNet's readable name in front of each
-that is an ILSVRC2012 synset id (`imagenet2012`, `imagenette`, ...); the class folder names of
-`folder:` datasets; `class k` where the names are unknown (a folder dataset no longer on disk) or do
-not match the model's outputs.
+Class names: `data.readable_class_names` (TFDS label names with ImageNet's readable names, class
+folder names, or `class k` where they are unknown).
 """
 
 import functools
@@ -23,42 +21,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import data
-from alexnet_jax import evaluate
-from alexnet_jax import pixels
+from alexnet_jax import runtime
+from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.data import pixels
 from alexnet_jax.model import AlexNet
 
 TOP_K = 5
-_FOLDER_PREFIX = 'folder:'  # image_folders.PREFIX (that module imports TensorFlow)
-
-
-@functools.cache
-def _imagenet_readable_names() -> dict[str, str]:
-  """Synset id -> readable name for the 1000 ILSVRC2012 classes, from the lists TFDS ships."""
-  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
-  from tensorflow_datasets.datasets.siscore import labels as imagenet_labels
-  with open(imagenet_common.label_names_file(), encoding='utf-8') as f:
-    synsets = f.read().split()
-  # Both lists are in ILSVRC2012's label order (sorted synset ids), which torchvision also uses.
-  return dict(zip(synsets, imagenet_labels.IMAGENET_LABELS_LIST, strict=True))
-
-
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """A readable name for each of the model's `config.num_classes` outputs."""
-  if config.dataset.startswith(_FOLDER_PREFIX):
-    try:
-      names = data.class_names(config)
-    except FileNotFoundError:  # the folder is gone; the model still predicts, numbering its classes
-      names = None
-  else:
-    names = data.class_names(config)  # TFDS label names need no data; synthetic classes have none
-    if names is not None:
-      readable = _imagenet_readable_names()
-      names = [f'{readable[n]} ({n})' if n in readable else n for n in names]
-  if names is None or len(names) != config.num_classes:
-    return [f'class {i}' for i in range(config.num_classes)]
-  return list(names)
 
 
 def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -67,9 +37,10 @@ def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
   if config.eval_crops not in (1, 10):
     raise ValueError(f'eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only real images need it)
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import decode  # pylint: disable=g-import-not-at-top
+  runtime.hide_gpus_from_tensorflow()
   try:
-    image = input_pipeline.preprocess_eval(tf.io.read_file(path), config).numpy()
+    image = decode.preprocess_eval(tf.io.read_file(path), config).numpy()
   except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
     raise ValueError(f'{path}: cannot be read as an image ({e.message.splitlines()[0]}).') from e
   return image
@@ -81,10 +52,10 @@ def _probabilities(model: AlexNet, params, crops: jax.Array) -> jax.Array:
   return jax.nn.softmax(model.apply({'params': params}, crops, train=False)).mean(axis=0)
 
 
-def predict(loaded: evaluate.Loaded, paths: list[str], top_k: int = TOP_K
+def predict(loaded: workdir_lib.Loaded, paths: list[str], top_k: int = TOP_K
             ) -> list[list[tuple[str, float]]]:
   """For each image, its `top_k` (class name, probability) pairs, most probable first."""
-  names = class_names(loaded.config)
+  names = data.readable_class_names(loaded.config)
   results = []
   for path in paths:
     batch = {'image': preprocess(path, loaded.config)[None]}
@@ -102,7 +73,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('give one or more image files after the flags')
   options = flags.FLAGS
   try:
-    loaded = evaluate.load(options.workdir, options.checkpoint, eval_crops=options.eval_crops)
+    loaded = workdir_lib.load(options.workdir, options.checkpoint, eval_crops=options.eval_crops)
     results = predict(loaded, paths)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -123,4 +94,4 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

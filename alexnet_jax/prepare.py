@@ -16,7 +16,7 @@ Other TFDS datasets (e.g. --dataset=imagenette/320px-v2) are downloaded and buil
 also writes (after building, if needed; a dataset built already needs no --manual_dir) a copy with
 every image at shorter side 256, as the paper stored ImageNet (§2), for training with
 --config.dataset=folder:DIR: the input pipeline then resizes nothing and decodes smaller files
-(alexnet_jax/downsample.py). --dataset=folder:/path works too.
+(alexnet_jax/data/downsample.py). --dataset=folder:/path works too.
 """
 
 import os
@@ -25,14 +25,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
-tf.config.set_visible_devices([], 'GPU')  # preparing needs no accelerator
-
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from alexnet_jax import downsample  # pylint: disable=g-import-not-at-top,wrong-import-position
-from alexnet_jax import image_folders  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alexnet_jax import cli
+from alexnet_jax import defaults
+from alexnet_jax import runtime
+from alexnet_jax.data import downsample
+from alexnet_jax.data import folders
 
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
@@ -56,8 +55,9 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
   A dataset built already is left as it is, and needs no `manual_dir`: `--downsample_to` on a
   prepared ImageNet does not ask for the tar files again.
   """
-  if dataset.startswith(image_folders.PREFIX) or dataset.startswith('synthetic'):
+  if dataset.startswith(folders.PREFIX) or dataset.startswith('synthetic'):
     raise ValueError(f'{dataset!r} is read as it is; there is nothing to prepare.')
+  runtime.hide_gpus_from_tensorflow()  # preparing needs no accelerator
   builder = tfds.builder(dataset, data_dir=data_dir)
   if builder.is_prepared():
     logging.info('%s is built already in %s', dataset, builder.data_dir)
@@ -93,10 +93,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   dataset = _DATASET.value
-  if not (_DOWNSAMPLE_TO.value and dataset.startswith(image_folders.PREFIX)):
+  if not (_DOWNSAMPLE_TO.value and dataset.startswith(folders.PREFIX)):
     prepare(dataset, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
   if _DOWNSAMPLE_TO.value:
-    config = default.get_config()
+    config = defaults.get_config()
     config.dataset, config.data_dir = dataset, _DATA_DIR.value
     downsample.downsample(config, _DOWNSAMPLE_TO.value, shorter_side=_SHORTER_SIDE.value,
                           splits=_SPLITS.value)
@@ -104,4 +104,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from alexnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _TARGET_TRAIN_ERR = flags.DEFINE_float(
     'target_train_err', 0.25, 'Report the first step whose training top-1 error is at most this '
     '(0.25: the threshold of the paper\'s Figure 1).')
@@ -195,4 +197,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -5,95 +5,30 @@ the command that draws them and Figure 4.
   python -m alexnet_jax.visualize neighbors --workdir=DIR --out=nn.png [--num_queries=8]
       [--num_neighbors=6] [--num_train=-1]        (alexnet_jax/neighbors.py)
 
-`conv1_kernel_grid` and `image_grid` are pure functions (arrays in, uint8 [H, W, 3] out) that the
-training loop also sends to TensorBoard (`metrics.MetricsWriter.write_image`); this module imports
-nothing of the training loop, so train.py can import it.
+The pictures themselves are pure functions of alexnet_jax/pictures.py, which the training loop also
+sends to TensorBoard.
 """
 
-import math
 import sys
-from typing import Any
 
 from absl import app
 from absl import flags
-import ml_collections
 import numpy as np
 
-from alexnet_jax import convert
+from alexnet_jax import cli
+from alexnet_jax import neighbors
+from alexnet_jax import pictures
+from alexnet_jax import workdir as workdir_lib
 
 COMMANDS = ('kernels', 'neighbors')
-KERNEL_COLUMNS = 16  # Figure 3 shows each GPU's 48 kernels as 3 rows of 16
-_PAD = 1  # white pixels between cells
-
-
-def _tile(cells: np.ndarray, columns: int, pad: int = _PAD) -> np.ndarray:
-  """uint8 [N, h, w, 3] cells laid out in rows of `columns` on a white background."""
-  count, height, width = cells.shape[:3]
-  rows = -(-count // columns)
-  grid = np.full((rows * height + (rows + 1) * pad, columns * width + (columns + 1) * pad, 3), 255,
-                 np.uint8)
-  for i, cell in enumerate(cells):
-    top = pad + (i // columns) * (height + pad)
-    left = pad + (i % columns) * (width + pad)
-    grid[top:top + height, left:left + width] = cell
-  return grid
-
-
-def kernel_groups(config: ml_collections.ConfigDict) -> int:
-  """How many blocks conv1's kernels form: the paper layout's `groups` (its two GPUs), else 1."""
-  return config.model.groups if config.model.variant == 'paper' else 1
-
-
-def conv1_kernel_grid(params: dict[str, Any], groups: int, *, scale: int = 4) -> np.ndarray:
-  """conv1's kernels as an image, uint8 [H, W, 3]: with `groups=2`, as in Figure 3, the first half of
-  the kernels (the first GPU's) in a block above the second half's.
-
-  Each kernel is stretched to 0..255 on its own and enlarged `scale` times (nearest neighbour).
-  """
-  kernels = np.asarray(params['conv1']['kernel'], np.float32)
-  kernels = kernels.transpose(3, 0, 1, 2)  # HWIO -> [O, H, W, I]
-  if kernels.shape[-1] != 3:
-    raise ValueError(f'conv1 has {kernels.shape[-1]} input channels; only RGB kernels can be drawn.')
-  if len(kernels) % groups:
-    raise ValueError(f'conv1 has {len(kernels)} kernels, which do not split into {groups} groups.')
-  cells = _stretched(kernels).repeat(scale, axis=1).repeat(scale, axis=2)
-  blocks = [_tile(block, min(KERNEL_COLUMNS, len(block))) for block in np.split(cells, groups)]
-  gap = np.full((cells.shape[1] // 2, blocks[0].shape[1], 3), 255, np.uint8)
-  return np.concatenate([part for block in blocks for part in (gap, block)][1:])
-
-
-def _stretched(images: np.ndarray) -> np.ndarray:
-  """Float [N, H, W, C], each of the N stretched on its own to 0..255: uint8."""
-  low = images.min(axis=(1, 2, 3), keepdims=True)
-  high = images.max(axis=(1, 2, 3), keepdims=True)
-  return np.round(255 * (images - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, *, columns: int | None = None) -> np.ndarray:
-  """Images [N, H, W, 3] as one uint8 picture, `columns` per row (default: about square).
-
-  uint8 images (what the TFDS and folder sources deliver) are drawn as they are; float images
-  (synthetic data, which has no pixel scale) are each stretched to 0..255.
-  """
-  images = np.asarray(images)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'image_grid takes RGB images [N, H, W, 3]; got shape {images.shape}.')
-  if images.dtype != np.uint8:
-    images = _stretched(images.astype(np.float32))
-  return _tile(images, columns or math.ceil(math.sqrt(len(images))), pad=2)
-
-
-def save_png(image: np.ndarray, path: str) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(image).save(path)
 
 
 def write_kernels(workdir: str, out: str, checkpoint: str = 'latest', scale: int = 4) -> np.ndarray:
   """conv1's kernel grid of a workdir's checkpoint, saved as a PNG at `out`; returns it."""
-  config = convert.load_config(workdir)
-  params, _ = convert.restore_params(workdir, checkpoint)
-  grid = conv1_kernel_grid(params, kernel_groups(config), scale=scale)
-  save_png(grid, out)
+  config = workdir_lib.load_config(workdir)
+  params, _ = workdir_lib.restore_params(workdir, checkpoint)
+  grid = pictures.conv1_kernel_grid(params, pictures.kernel_groups(config), scale=scale)
+  pictures.save_png(grid, out)
   return grid
 
 
@@ -106,22 +41,19 @@ def main(argv: list[str]) -> None:
       grid = write_kernels(options.workdir, options.out, options.checkpoint, options.scale)
       print(f'wrote {options.out}: conv1 kernels, {grid.shape[1]}x{grid.shape[0]} pixels')
     else:
-      # At call time: neighbors imports evaluate, which imports the training loop, which imports
-      # this module.
-      from alexnet_jax import neighbors  # pylint: disable=g-import-not-at-top
       found = neighbors.write_neighbors(
           options.workdir, options.out, options.checkpoint, num_queries=options.num_queries,
           num_neighbors=options.num_neighbors, num_train=options.num_train,
           batch_size=options.batch_size)
       print(f'wrote {options.out}: each row a query image, then its nearest training images')
-      print(neighbors.describe(found, convert.load_config(options.workdir)))
+      print(neighbors.describe(found, workdir_lib.load_config(options.workdir)))
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program, as train.py imports this module.
+  # Defined only when run as a program: tests import this module with other commands.
   flags.DEFINE_string('workdir', None, 'A workdir of alexnet_jax.main or alexnet_jax.convert.')
   flags.DEFINE_string('out', None, 'The PNG file to write.')
   flags.DEFINE_string('checkpoint', 'latest', 'latest, best (lowest eval top-1 error) or a step.')
@@ -135,4 +67,4 @@ def _define_flags() -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

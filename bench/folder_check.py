@@ -1,11 +1,11 @@
 """What a folder dataset's start-up costs: the decode check of a split, then the same start with it remembered.
 
-  python bench/folder_check.py [--num_images=4096] [--shorter_side=256]
+  python -m bench.folder_check [--num_images=4096] [--shorter_side=256]
 
 Writes `--num_images` ImageNet-like JPEGs (500x375 and 375x500, quality 90, as
-alexnet_jax/bench_input.py writes them; with --shorter_side, stored at that shorter side as
+bench/input_pipeline.py writes them; with --shorter_side, stored at that shorter side as
 `prepare --downsample_to` writes them) as a folder dataset, then reads its training split twice
-through `image_folders.images` (the in-process memo cleared in between): the
+through `folders.images` (the in-process memo cleared in between): the
 first time every image is decoded to find the undecodable ones, the second time the record of that
 check is found (docs/input_pipeline.md, "Bad images"). Prints wall and CPU seconds and per-image
 costs of both, and the CPU time both would take for ImageNet's 1,281,167 training images.
@@ -13,14 +13,11 @@ costs of both, and the CPU time both would take for ImageNet's 1,281,167 trainin
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_jax import bench_input  # pylint: disable=wrong-import-position
-from alexnet_jax import image_folders  # pylint: disable=wrong-import-position
+from alexnet_jax.data import folders
+from bench import input_pipeline
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -33,13 +30,13 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     os.environ['XDG_CACHE_HOME'] = os.path.join(tmp, 'cache')  # a record of this run only
     root = os.path.join(tmp, 'images')
-    bench_input.write_images(root, args.num_images, args.shorter_side)
+    input_pipeline.write_images(root, args.num_images, args.shorter_side)
     size = f'shorter side {args.shorter_side}' if args.shorter_side else '500x375 / 375x500'
     print(f'{args.num_images} JPEGs ({size}), {len(os.sched_getaffinity(0))} core(s)')
     for name in ('decode check', 'check remembered'):
-      image_folders.images.cache_clear()
+      folders.images.cache_clear()
       wall, cpu = time.perf_counter(), time.process_time()
-      paths, _ = image_folders.images(root, 'train', False)
+      paths, _ = folders.images(root, 'train', False)
       wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
       assert len(paths) == args.num_images
       print(f'{name:17s} {wall:8.3f} s wall {cpu:8.3f} s CPU {cpu / len(paths) * 1e3:8.4f} ms CPU '

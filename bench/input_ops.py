@@ -1,10 +1,10 @@
 """Single TensorFlow ops of the input pipeline, timed alone: ms of CPU per call, one thread.
 
-  python bench/input_ops.py [--calls=300]
+  python -m bench.input_ops [--calls=300]
 
 Each op runs `--calls` times inside one `tf.function` loop (so Python is out of the measure), on a
 random uint8 image; the median of three loops is printed. The rows behind two choices in
-alexnet_jax/input_pipeline.py (docs/benchmarks.md, "Input pipeline"):
+alexnet_jax/data/decode.py (docs/benchmarks.md, "Input pipeline"):
   * `_resize` resizes a float32 copy of the crop window: TensorFlow's bilinear kernel is faster on
     float32 than on uint8 input, by more than the cast costs;
   * the 10-crop evaluation mirrored its five crops with `tf.reverse`, not the strided slice
@@ -12,14 +12,10 @@ alexnet_jax/input_pipeline.py (docs/benchmarks.md, "Input pipeline"):
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+import numpy as np
+import tensorflow as tf
 
 RESIZED = [227, 227]
 OPS = {

@@ -1,9 +1,9 @@
 """Where the train step's time goes: a jax.profiler trace of a few steps, summed per layer and op.
 
-  python bench/trace_step.py                      # paper model, fp32, batch 32 (CPU default)
-  python bench/trace_step.py --batch_size=128 --dtype=bfloat16 --top=40
+  python -m bench.trace_step                      # paper model, fp32, batch 32 (CPU default)
+  python -m bench.trace_step --batch_size=128 --dtype=bfloat16 --top=40
 
-Traces `--steps` steps of `alexnet_jax.bench.JaxStep` (the project's own compiled step) and sums the
+Traces `--steps` steps of `bench.train_step.JaxStep` (the project's own compiled step) and sums the
 duration of every XLA thunk (one fused kernel each) over them. Each thunk is named after its fusion;
 the compiled HLO's `op_name` metadata maps it back to the model: layer (conv1..fc8, 'model' for the
 rest of the network: LRN, pools, activations; 'step' for the loss and the optimizer), pass (forward,
@@ -20,14 +20,13 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-from alexnet_jax import bench  # pylint: disable=wrong-import-position  (sets XLA flags first)
-import jax  # pylint: disable=wrong-import-position
+from alexnet_jax import runtime
+from bench import train_step
 
 
 def thunk_milliseconds(trace_dir: str, steps: int) -> collections.Counter:
@@ -58,14 +57,15 @@ def model_key(op_name: str | None, thunk: str) -> str:
 
 
 def main() -> None:
+  runtime.configure()  # the CPU XLA flag training uses, before JAX starts
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--batch_size', type=int, default=bench.default_batch_size())
-  parser.add_argument('--dtype', default='float32', choices=bench.DTYPES)
+  parser.add_argument('--batch_size', type=int, default=train_step.default_batch_size())
+  parser.add_argument('--dtype', default='float32', choices=train_step.DTYPES)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--top', type=int, default=30)
   args = parser.parse_args()
 
-  step = bench.JaxStep(bench.bench_config(args.batch_size, args.dtype, 1.0, 227))
+  step = train_step.JaxStep(train_step.bench_config(args.batch_size, args.dtype, 1.0, 227))
   for _ in range(2):
     step.step()
   with tempfile.TemporaryDirectory() as trace_dir:

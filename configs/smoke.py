@@ -2,15 +2,18 @@
 
   python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/alexnet_smoke
 
-Everything else is the paper's recipe (configs/default.py) at a small scale: 67x67 inputs (the smallest
-the paper layout's three overlapping pools accept), a quarter of every layer's width, 10 classes.
+Everything else is the paper's recipe (alexnet_jax/defaults.py) at a small scale: 67x67 inputs (the
+smallest the paper layout's three overlapping pools accept), a quarter of every layer's width, 10
+classes.
 """
 
-from configs import default
+import ml_collections
+
+from alexnet_jax import defaults
 
 
-def get_config():
-  config = default.get_config()
+def get_config() -> ml_collections.ConfigDict:
+  config = defaults.get_config()
   config.dataset = 'synthetic_learnable'
   config.num_classes = 10
   config.synthetic_train_examples = 2048

@@ -37,7 +37,7 @@ _GPUS_PER_PROCESS = flags.DEFINE_integer(
     'gpus_per_process', 0, 'GPUs per process: process k gets GPUs [k*G, (k+1)*G) of those visible. '
     '0: do not touch CUDA_VISIBLE_DEVICES (CPU runs).')
 
-# alexnet_jax/distributed.py's flag and its default (not imported: that would import JAX here).
+# alexnet_jax/main.py's flag and its default (not imported: that would import JAX here).
 _HEARTBEAT_FLAG = '--heartbeat_timeout_seconds'
 _DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 60
 # SIGHUP too: in sessions of their own, the processes no longer get the closing terminal's.

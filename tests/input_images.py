@@ -6,12 +6,12 @@ import os
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import bench_input
+from bench import input_pipeline as input_bench
 
 
 def image_array(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
   """A photo-like random RGB image: uint8 [height, width, 3]."""
-  return bench_input.photo_like_image(rng, height, width)
+  return input_bench.photo_like_image(rng, height, width)
 
 
 def encode(array: np.ndarray, image_format: str = 'JPEG', quality: int = 90) -> bytes:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import bench
+from bench import train_step as step_bench
 from alexnet_jax.model import AlexNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,13 +22,15 @@ def test_flops_per_image_of_the_paper_model():
           + 13 * 13 * 3 * 3 * 192 * 384  # conv4, groups=2
           + 13 * 13 * 3 * 3 * 192 * 256  # conv5, groups=2
           + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)  # fc6, fc7, fc8
-  assert bench.train_flops_per_image(AlexNet(), 227) == 3 * 2 * macs == 4_346_440_896
+  assert step_bench.train_flops_per_image(AlexNet(), 227) == 3 * 2 * macs == 4_346_440_896
 
 
 def test_tiny_run_against_torch_prints_table_json_and_ratio_last(tmp_path, capsys):
-  out = tmp_path / 'bench.json'
-  bench.main(['--width=0.125', '--image_size=67', '--batch_sizes=4', '--dtypes=float32',
-              '--steps=1', '--rounds=2', '--matmul_size=256', '--compare-torch', f'--json_out={out}'])
+  out = tmp_path / 'step_bench.json'
+  # `run`, not `main`: main's process settings are for a process of its own.
+  step_bench.run(step_bench.parse_args([
+      '--width=0.125', '--image_size=67', '--batch_sizes=4', '--dtypes=float32', '--steps=1',
+      '--rounds=2', '--matmul_size=256', '--compare-torch', f'--json_out={out}']))
   lines = capsys.readouterr().out.strip().splitlines()
 
   assert lines[0].startswith('machine: backend=cpu')
@@ -56,13 +58,13 @@ def test_tiny_run_against_torch_prints_table_json_and_ratio_last(tmp_path, capsy
 ])
 def test_bad_flags_name_the_problem(flag, message, capsys):
   with pytest.raises(SystemExit):
-    bench.parse_args([flag])
+    step_bench.parse_args([flag])
   assert message in capsys.readouterr().err
 
 
 def test_input_benchmark_runs_and_reports_every_rate():
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.bench_input', '--num_images=16', '--batch_size=8',
+      [sys.executable, '-m', 'bench.input_pipeline', '--num_images=16', '--batch_size=8',
        '--passes=1', '--cores=1', '--rounds=2'], cwd=REPO, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -88,7 +90,7 @@ def test_input_benchmark_runs_and_reports_every_rate():
 
 
 def test_input_ops_benchmark_times_every_op():
-  result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'input_ops.py'), '--calls=2'],
+  result = subprocess.run([sys.executable, '-m', 'bench.input_ops', '--calls=2'],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
@@ -100,8 +102,8 @@ def test_input_ops_benchmark_times_every_op():
 
 
 def test_folder_check_benchmark_times_both_starts():
-  result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'folder_check.py'),
-                           '--num_images=16'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, '-m', 'bench.folder_check', '--num_images=16'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('16 JPEGs (500x375 / 375x500)')

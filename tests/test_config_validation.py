@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from alexnet_jax import config_validation
-from configs import default, smoke
+from alexnet_jax import defaults
+from configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,10 +28,10 @@ def config_with(**overrides):
 
 
 def test_the_shipped_configs_are_valid(tmp_path):
-  config_validation.validate(default.get_config())
+  config_validation.validate(defaults.get_config())
   config_validation.validate(smoke.get_config())
   config_validation.validate(config_with(dataset=f'folder:{tmp_path}'))
-  config_validation.validate_devices(default.get_config(), device_count=8, process_count=2)
+  config_validation.validate_devices(defaults.get_config(), device_count=8, process_count=2)
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -85,7 +86,7 @@ def test_a_missing_key_points_to_the_default_config():
   config = smoke.get_config()
   del config['model']['dtype']
   with pytest.raises(config_validation.ConfigError, match=r'config\.model\.dtype is missing; start '
-                                                          r'from configs/default\.py'):
+                                                          r'from alexnet_jax\.defaults\.get_config'):
     config_validation.validate(config)
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_jax import config_validation, convert, evaluate, train
-from configs import default
+from alexnet_jax import config_validation, convert, defaults, evaluate, steps, train
+from alexnet_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,7 +127,7 @@ def test_convert_command_writes_a_workdir_that_loads(converted):
   assert config['dataset'] == f'folder:{os.path.dirname(workdir)}'  # --config.* overrides kept
   assert config['augment']['subtract_mean'] and config['augment']['divide_std']
 
-  loaded = evaluate.load(workdir)  # what evaluate, predict and visualize start from
+  loaded = workdir_lib.load(workdir)  # what evaluate, predict and visualize start from
   assert loaded.step == 0 and loaded.model.variant == 'torchvision'
   images = np.random.default_rng(2).standard_normal((1, 224, 224, 3)).astype(np.float32)
   logits = loaded.model.apply({'params': loaded.params}, images, train=False)
@@ -141,11 +141,11 @@ def test_convert_command_writes_a_workdir_that_loads(converted):
 def test_load_pretrained_params_keeps_a_fresh_head_for_new_classes(converted):
   workdir, _, module = converted
   source = convert.from_torchvision(module.state_dict())['params']
-  config = convert.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
 
   # Fine-tuning on 10 classes at another size (the adaptive pool keeps fc6's shape).
-  fresh = random_params(train.create_model(config, num_classes=10), image_size=96, seed=3)
-  params = convert.load_pretrained_params(workdir, fresh)
+  fresh = random_params(steps.create_model(config, num_classes=10), image_size=96, seed=3)
+  params = workdir_lib.load_pretrained_params(workdir, fresh)
   for layer in ('conv1', 'conv3', 'fc6', 'fc7'):
     np.testing.assert_array_equal(params[layer]['kernel'], source[layer]['kernel'])
     np.testing.assert_array_equal(params[layer]['bias'], source[layer]['bias'])
@@ -154,19 +154,19 @@ def test_load_pretrained_params_keeps_a_fresh_head_for_new_classes(converted):
 
   # Below the classifier the models must agree: the paper layout does not.
   config.model.variant = 'paper'
-  paper = random_params(train.create_model(config, num_classes=6), image_size=67, seed=0)
+  paper = random_params(steps.create_model(config, num_classes=6), image_size=67, seed=0)
   with pytest.raises(ValueError, match='conv1.*Only fc8 may differ'):
-    convert.load_pretrained_params(workdir, paper)
+    workdir_lib.load_pretrained_params(workdir, paper)
 
 
 def test_a_config_json_without_newer_keys_loads_with_their_defaults(tmp_path):
   # A workdir written before a key existed: the key takes configs/default.py's value, the file's
   # values stay, and the result is a valid config (evaluate and predict check it).
-  written = default.get_config().to_dict()
+  written = defaults.get_config().to_dict()
   del written['center_square'], written['checkpoint_timeout_seconds'], written['model']['dtype']
   written['model']['width'] = 0.5
   (tmp_path / 'config.json').write_text(json.dumps(written))
-  config = convert.load_config(str(tmp_path), eval_crops=10)
+  config = workdir_lib.load_config(str(tmp_path), eval_crops=10)
   assert config.center_square is True and config.model.dtype == 'float32'
   assert config.model.width == 0.5 and config.eval_crops == 10
   config_validation.validate(config)

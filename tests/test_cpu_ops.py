@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import cpu_ops
+from alexnet_jax import cpu_ops, optim, steps
+from alexnet_jax import parallel as parallel_lib
 from alexnet_jax.model import AlexNet
+from configs import smoke
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -111,28 +113,35 @@ def test_max_pool_and_its_gradient_equal_flax_on_ties_too(shape, window, stride,
   assert loss == loss_ref
 
 
-def test_for_backend_picks_the_rewrite_only_on_cpu():
+def test_auto_picks_the_rewrites_on_cpu_only(monkeypatch):
   assert jax.default_backend() == 'cpu'
-  assert cpu_ops.for_backend() is cpu_ops.conv_general_dilated
+  assert cpu_ops.resolve('auto') == 'cpu_ops'
+  assert cpu_ops.conv_factory('auto')() is cpu_ops.conv_general_dilated
+  assert cpu_ops.conv_factory('lax')() is lax.conv_general_dilated
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert cpu_ops.resolve('auto') == 'lax'
+  assert cpu_ops.conv_factory('auto')() is lax.conv_general_dilated
+  with pytest.raises(ValueError, match="conv_impl='cudnn' is not one of"):
+    cpu_ops.resolve('cudnn')
 
 
-def test_paper_model_loss_and_gradients_match_lax(monkeypatch):
-  """The whole paper network (small width and image): same logits and parameter gradients."""
-  model = AlexNet(num_classes=10, width=0.125, init_scheme='he')
+@pytest.mark.parametrize('groups', [2, 1])
+def test_paper_model_logits_and_gradients_equal_through_both_paths(groups):
+  """The whole paper network (small width and image) with `conv_impl` 'cpu_ops' (what CPUs run) and
+  'lax' (what GPUs run): the same logits and parameter gradients, to float rounding."""
+  model = AlexNet(num_classes=10, width=0.125, init_scheme='he', groups=groups)
   images = jnp.asarray(np.random.default_rng(2).standard_normal((2, 67, 67, 3), np.float32))
   labels = jnp.array([3, 7])
   params = model.init(jax.random.PRNGKey(0), images)['params']
 
-  def logits_and_grads():
+  def logits_and_grads(conv_impl):
     def loss(params):
-      logits = model.apply({'params': params}, images)
+      logits = model.clone(conv_impl=conv_impl).apply({'params': params}, images)
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels]), logits
     return jax.jit(jax.grad(loss, has_aux=True))(params)
 
-  grads, logits = logits_and_grads()
-  monkeypatch.setattr(cpu_ops, 'for_backend', lambda: lax.conv_general_dilated)
-  monkeypatch.setattr(cpu_ops, 'max_pool', flax_max_pool)
-  grads_ref, logits_ref = logits_and_grads()
+  grads, logits = logits_and_grads('cpu_ops')
+  grads_ref, logits_ref = logits_and_grads('lax')
   assert max_relative_error(logits, logits_ref) < 1e-4
   assert jax.tree.structure(grads) == jax.tree.structure(grads_ref)
   # Both paths really ran: the regrouped sums round differently somewhere.
@@ -140,3 +149,33 @@ def test_paper_model_loss_and_gradients_match_lax(monkeypatch):
   for name in grads_ref:
     assert max_relative_error(grads[name]['kernel'], grads_ref[name]['kernel']) < 1e-4, name
     assert max_relative_error(grads[name]['bias'], grads_ref[name]['bias']) < 1e-4, name
+
+
+def test_a_full_train_step_is_the_same_through_both_paths():
+  """The project's train step (SGD with momentum, dropout, uint8 regions resized on the device,
+  shard_map over 8 devices) from one state and batch, with each convolution path."""
+  config = smoke.get_config()
+  config.model.width = 0.125
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 80, 80, 3), np.uint8),
+           'window': np.stack([rng.integers(0, 10, 16), rng.integers(0, 10, 16),
+                               rng.integers(67, 71, 16)], 1).astype(np.int32),
+           'flip': rng.integers(0, 2, 16).astype(bool),
+           'rgb_shift': rng.normal(size=(16, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  results = {}
+  for conv_impl in ('cpu_ops', 'lax'):
+    config.model.conv_impl = conv_impl
+    model = steps.create_model(config, 10)
+    tx = optim.create_optimizer(config, steps_per_epoch=10, total_steps=10)
+    parallel = parallel_lib.make_parallel(config, model, tx)
+    state = parallel.put_state(steps.create_train_state(config, model, tx))
+    state, metrics = parallel.train_step(state, parallel.put_batch(batch))
+    results[conv_impl] = parallel.fetch((state.params, state.opt_state, metrics))
+  params, opt_state, metrics = results['cpu_ops']
+  params_ref, opt_state_ref, metrics_ref = results['lax']
+  assert abs(metrics['loss'] - metrics_ref['loss']) < 1e-5 * abs(metrics_ref['loss'])
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path((params, opt_state)),
+                          jax.tree.leaves((params_ref, opt_state_ref))):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert not np.array_equal(params['conv1']['kernel'], params_ref['conv1']['kernel'])

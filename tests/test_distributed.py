@@ -7,12 +7,12 @@ import sys
 import textwrap
 
 from absl import flags
-from absl.testing import flagsaver
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, data, distributed, optim, train
+from alexnet_jax import data, distributed, optim, steps, train
+from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,11 +46,11 @@ def restore_latest(workdir: str, config) -> tuple[int, dict]:
   """The latest checkpoint in `workdir`, restored through the project's own Checkpointer into a
   single-device state (whatever topology wrote it): (step, params as NumPy)."""
   info = data.get_dataset_info(config)
-  model = train.create_model(config, info.num_classes)
+  model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, max(info.num_train_examples // config.batch_size, 1),
                               config.num_train_steps)
-  target = train.create_train_state(config, model, tx)
-  checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
+  target = steps.create_train_state(config, model, tx)
+  checkpointer = workdir_lib.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
   try:
     step = checkpointer.latest_step()
     state = checkpointer.restore(target)
@@ -130,8 +130,13 @@ _PROBE = textwrap.dedent('''
     _OWN_WORKDIR = flags.DEFINE_bool('own_workdir', False, 'each process its own dir: not shared')
     _DIE = flags.DEFINE_integer('die', -1, 'this process exits after a few collectives')
 
+    _HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout_seconds', 60, '')
+    _COORDINATOR = flags.DEFINE_string('coordinator_address', None, '')
+    _NUM = flags.DEFINE_integer('num_processes', None, '')
+    _ID = flags.DEFINE_integer('process_id', None, '')
+
     def main(argv):
-      distributed.initialize()
+      distributed.initialize(_COORDINATOR.value, _NUM.value, _ID.value, _HEARTBEAT.value)
       workdir = _WORKDIR.value
       if _OWN_WORKDIR.value:
         workdir = os.path.join(workdir, str(jax.process_index()))
@@ -178,15 +183,12 @@ def test_a_dead_process_ends_the_run(tmp_path, dead_process):
 
 
 def test_partial_flags_are_rejected():
-  flags.FLAGS.mark_as_parsed()
-  with flagsaver.flagsaver(num_processes=2, process_id=0):
-    with pytest.raises(ValueError, match='--coordinator_address'):
-      distributed.initialize()
+  with pytest.raises(ValueError, match='--coordinator_address'):
+    distributed.initialize(num_processes=2, process_id=0)
 
 
 def test_slurm_allocation_outside_a_job_step_asks_for_srun(monkeypatch):
   """In an sbatch script (no srun), SLURM_NTASKS says 2 but JAX could not find the peers."""
-  flags.FLAGS.mark_as_parsed()
   monkeypatch.setenv('SLURM_JOB_ID', '7')
   monkeypatch.setenv('SLURM_NTASKS', '2')
   monkeypatch.delenv('SLURM_STEP_NODELIST', raising=False)

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 import tensorflow as tf
 
-from alexnet_jax import downsample
-from alexnet_jax import image_folders
-from alexnet_jax import input_pipeline
-from configs import default
+from alexnet_jax import defaults
+from alexnet_jax.data import downsample
+from alexnet_jax.data import folders
+from alexnet_jax.data import sources
 import input_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,16 +50,16 @@ def test_prepare_downsamples_a_folder_dataset(tmp_path):
   for f in files:
     with Image.open(out / f) as image:
       assert min(image.size) == 40 and max(image.size) == 53  # 64 * 40 / 48, rounded
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{out}'
-  info = input_pipeline.get_dataset_info(config)
+  info = sources.get_dataset_info(config)
   assert info.class_names == ('class_0', 'class_1', 'class_2')
   assert (info.num_train_examples, info.num_eval_examples) == (18, 6)
 
 
 def test_a_png_small_enough_stays_a_png(tmp_path):
   source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{source}'
   out = tmp_path / 'copy'
   assert downsample.downsample(config, str(out), shorter_side=48) == {'train': 6, 'validation': 2}
@@ -91,7 +91,7 @@ def _copy_files(root) -> dict[str, bytes]:
 
 def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
   source = input_images.write_folder_dataset(str(tmp_path / 'source'), size=(48, 64))
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{source}'
   uninterrupted = tmp_path / 'uninterrupted'
   downsample.downsample(config, str(uninterrupted), shorter_side=40)
@@ -121,15 +121,15 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
   assert not json.loads((out / downsample.RECORD).read_text())['train']['complete']
   config.dataset = f'folder:{out}'
   with pytest.raises(FileNotFoundError, match='no folder for split'):
-    input_pipeline.get_dataset_info(config)
+    sources.get_dataset_info(config)
 
   config.dataset = f'folder:{source}'
   # The sources of the five images written are not read again: removed (this process keeps its
   # listing of the folder), a read of them would fail.
-  sources, _ = image_folders.images(source, 'train', strict=False)
+  source_paths, _ = folders.images(source, 'train', strict=False)
   for name in _copy_files(out / 'train.partial'):
     if not name.endswith('.tmp'):  # the sixth image's unfinished write: it is written again
-      os.remove(sources[int(os.path.basename(name).split('.')[0])])
+      os.remove(source_paths[int(os.path.basename(name).split('.')[0])])
   images_written.clear()
   monkeypatch.setattr(downsample, '_write_atomically',
                       lambda path, data: images_written.append(path) or write(path, data))
@@ -142,7 +142,7 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 def test_a_copy_stopped_as_a_split_is_renamed_completes_on_the_next_run(tmp_path, monkeypatch):
   source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{source}'
   uninterrupted = tmp_path / 'uninterrupted'
   downsample.downsample(config, str(uninterrupted), shorter_side=40)
@@ -164,7 +164,7 @@ def test_a_copy_stopped_as_a_split_is_renamed_completes_on_the_next_run(tmp_path
 
 def test_a_folder_not_made_by_downsample_is_refused(tmp_path):
   source = input_images.write_folder_dataset(str(tmp_path / 'source'), classes=1, size=(48, 64))
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{source}'
   (tmp_path / 'copy' / 'val').mkdir(parents=True)
   (tmp_path / 'copy' / 'val' / 'notes.txt').write_text('mine\n')

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import input_images
-from alexnet_jax import convert, data, evaluate, pixels, predict, train
+from alexnet_jax import convert, data, evaluate, predict, train
+from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.data import pixels
 from configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +85,7 @@ def test_evaluate_with_ten_crops_averages_the_crops_and_their_mirrors(trained_wo
   assert ten['eval_crops'] == 10 and read_records(trained_workdir)[-1]['eval_crops'] == 10
   # Synthetic data puts the image itself in all five crop slots; the device adds five mirrors, so
   # the ten softmaxes average to the mean of the image's and its mirror's.
-  loaded = evaluate.load(trained_workdir, 'latest')
+  loaded = workdir_lib.load(trained_workdir, 'latest')
   images = np.concatenate([b['image'][b['mask']] for b in data.eval_batches(
       loaded.config, local_batch_size=40, process_index=0, process_count=1)])
   labels = np.concatenate([b['label'][b['mask']] for b in data.eval_batches(
@@ -115,7 +117,7 @@ def test_evaluate_reads_no_training_image(tmp_path):
 
 def test_predict_preprocesses_as_eval_does(folder_workdir):
   workdir, root = folder_workdir
-  loaded = evaluate.load(workdir)
+  loaded = workdir_lib.load(workdir)
   # The eval split in order: class_0's image first.
   batch = next(data.eval_batches(loaded.config, local_batch_size=8, process_index=0,
                                  process_count=1))
@@ -150,7 +152,7 @@ def test_predict_command_prints_the_top_five(folder_workdir):
 def test_predict_names_an_unreadable_image(folder_workdir, tmp_path):
   broken = tmp_path / 'broken.jpg'
   broken.write_bytes(b'not an image')
-  loaded = evaluate.load(folder_workdir[0])
+  loaded = workdir_lib.load(folder_workdir[0])
   with pytest.raises(ValueError, match='broken.jpg: cannot be read as an image'):
     predict.predict(loaded, [str(broken)])
   with pytest.raises(ValueError, match='missing.jpg: cannot be read'):
@@ -161,18 +163,18 @@ def test_folder_class_names_need_only_the_class_folders(tmp_path):
   for name in ('b', 'a'):
     (tmp_path / 'train' / name).mkdir(parents=True)  # no images, no validation split
   config = ml_collections.ConfigDict({'dataset': f'folder:{tmp_path}', 'num_classes': 2})
-  assert predict.class_names(config) == ['a', 'b']
+  assert data.readable_class_names(config) == ['a', 'b']
   config.dataset = f'folder:{tmp_path / "gone"}'  # the model outlives its data: numbered classes
-  assert predict.class_names(config) == ['class 0', 'class 1']
+  assert data.readable_class_names(config) == ['class 0', 'class 1']
 
 
 def test_imagenet_classes_get_readable_names():
   config = ml_collections.ConfigDict({'dataset': 'imagenet2012', 'data_dir': None,
                                       'num_classes': 1000})
-  names = predict.class_names(config)  # from the names TFDS ships; no ImageNet data needed
+  names = data.readable_class_names(config)  # from the names TFDS ships; no ImageNet data needed
   assert len(names) == 1000
   assert names[0] == 'tench, Tinca tinca (n01440764)'
   assert names[-1].endswith('(n15075141)')
   # A model whose head does not match the dataset's classes gets indices, not wrong names.
   config.num_classes = 10
-  assert predict.class_names(config) == [f'class {i}' for i in range(10)]
+  assert data.readable_class_names(config) == [f'class {i}' for i in range(10)]

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import checkpointing
+from alexnet_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -377,8 +377,8 @@ def test_a_workdir_of_another_model_is_refused_with_the_fix(tmp_path, run_env, r
   stored = checkpoint_manager(workdir).item_metadata(TOTAL_STEPS)
   wanted = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), stored)
   wanted['params']['fc8']['kernel'] = np.zeros(stored['params']['fc8']['kernel'].shape[:1] + (20,))
-  checkpointer = checkpointing.Checkpointer(workdir, keep=3)
-  with pytest.raises(checkpointing.CheckpointMismatchError,
+  checkpointer = workdir_lib.Checkpointer(workdir, keep=3)
+  with pytest.raises(workdir_lib.CheckpointMismatchError,
                      match=r'was written by a different model .*params/fc8/kernel: checkpoint '
                            r'\(\d+, 10\), config \(\d+, 20\).* Use a new --workdir for this config'):
     checkpointer.restore(wanted)

@@ -10,17 +10,18 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax import image_folders
-from alexnet_jax import input_pipeline
-from alexnet_jax import pixels
-from configs import default
+from alexnet_jax import defaults
+from alexnet_jax.data import folders
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import pixels
+from alexnet_jax.data import sources
 import input_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(root: str, **overrides):
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{root}'
   config.resize_size, config.image_size = 40, 32
   config.update(overrides)
@@ -33,21 +34,21 @@ def folder(tmp_path_factory) -> str:
 
 
 def test_info_from_folder_names(folder):
-  info = input_pipeline.get_dataset_info(_config(folder))
+  info = sources.get_dataset_info(_config(folder))
   assert info.class_names == ('class_0', 'class_1', 'class_2')
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (3, 18, 6)
 
 
 def test_validation_reads_test_folder_when_there_is_no_val(tmp_path):
   root = input_images.write_folder_dataset(str(tmp_path), classes=2, val_dir='test')
-  assert input_pipeline.get_dataset_info(_config(root)).num_eval_examples == 4
+  assert sources.get_dataset_info(_config(root)).num_eval_examples == 4
   config = _config(root, eval_split='val', dataset=f'folder:{tmp_path / "nowhere"}')
   with pytest.raises(FileNotFoundError, match='no folder for split'):
-    input_pipeline.get_dataset_info(config)
+    sources.get_dataset_info(config)
 
 
 def test_batches_hold_every_class_as_uint8_pixels(folder):
-  batches = input_pipeline.train_batches(_config(folder), start_step=0, local_batch_size=6,
+  batches = pipeline.train_batches(_config(folder), start_step=0, local_batch_size=6,
                                          process_index=0, process_count=1)
   epoch = [next(batches) for _ in range(3)]  # 18 images: one epoch
   labels = np.concatenate([b['label'] for b in epoch])
@@ -63,7 +64,7 @@ def test_batches_hold_every_class_as_uint8_pixels(folder):
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
   def first_batches(seed, cache=False):
-    batches = input_pipeline.train_batches(_config(folder, seed=seed, cache=cache), start_step=0,
+    batches = pipeline.train_batches(_config(folder, seed=seed, cache=cache), start_step=0,
                                            local_batch_size=4, process_index=0, process_count=1)
     return [next(batches) for _ in range(5)]
 
@@ -83,7 +84,7 @@ def test_each_epoch_is_a_new_permutation(folder):
   config = _config(folder)
   config.augment.random_crop = config.augment.flip = False
   config.augment.pca_lighting = 0.0
-  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=18,
+  batches = pipeline.train_batches(config, start_step=0, local_batch_size=18,
                                          process_index=0, process_count=1)
   epochs = [next(batches)['image'] for _ in range(3)]  # one batch = one epoch
   keys = [[image.tobytes() for image in epoch] for epoch in epochs]
@@ -96,10 +97,10 @@ def test_resume_at_step_s_gives_the_uninterrupted_batches(folder, process_count)
   config = _config(folder)
   for process_index in range(process_count):
     kwargs = dict(local_batch_size=4, process_index=process_index, process_count=process_count)
-    stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+    stream = pipeline.train_batches(config, start_step=0, **kwargs)
     uninterrupted = [next(stream) for _ in range(9)]  # more than an epoch
     for start in (2, 4, 7):
-      resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+      resumed = pipeline.train_batches(config, start_step=start, **kwargs)
       for step in range(start, 9):
         batch = next(resumed)
         for key in ('image', 'flip', 'rgb_shift', 'label'):
@@ -110,7 +111,7 @@ def test_eval_shards_are_disjoint_padded_and_covering(folder):
   config = _config(folder, eval_crops=10)
   seen, batch_counts = [], set()
   for process_index in range(4):  # 6 images over 4 processes: shards of 1 or 2
-    batches = list(input_pipeline.eval_batches(config, local_batch_size=3,
+    batches = list(pipeline.eval_batches(config, local_batch_size=3,
                                                process_index=process_index, process_count=4))
     batch_counts.add(len(batches))
     for batch in batches:
@@ -139,12 +140,12 @@ def test_undecodable_images_are_skipped_counted_and_logged(folder_with_bad_image
   root, bad_files = folder_with_bad_images
   config = _config(root)
   with caplog.at_level(logging.WARNING):
-    info = input_pipeline.get_dataset_info(config)
+    info = sources.get_dataset_info(config)
   assert info.num_train_examples == 8  # 10 files, 2 undecodable
   assert 'Skipping 2 undecodable image(s)' in caplog.text
   for path in bad_files:
     assert path in caplog.text
-  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=4,
+  batches = pipeline.train_batches(config, start_step=0, local_batch_size=4,
                                          process_index=0, process_count=1)
   for _ in range(2):  # two epochs, no decode error: each the 4 good images of each class, once
     epoch = [next(batches) for _ in range(2)]
@@ -155,7 +156,7 @@ def test_undecodable_images_are_skipped_counted_and_logged(folder_with_bad_image
 def test_strict_data_makes_undecodable_images_an_error(folder_with_bad_images):
   root, bad_files = folder_with_bad_images
   with pytest.raises(ValueError, match='2 image\\(s\\) in .* cannot be decoded') as error:
-    input_pipeline.get_dataset_info(_config(root, strict_data=True))
+    sources.get_dataset_info(_config(root, strict_data=True))
   for path in bad_files:
     assert path in str(error.value)
   assert 'strict_data=False' in str(error.value)
@@ -165,24 +166,24 @@ def test_the_decode_check_is_remembered_until_a_file_changes(folder_with_bad_ima
                                                               caplog):
   root, (truncated, _) = folder_with_bad_images
   config = _config(root)
-  assert input_pipeline.get_dataset_info(config).num_train_examples == 8
+  assert sources.get_dataset_info(config).num_train_examples == 8
   records = list((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())
   # A new process (here: the in-process memo cleared) reads the check instead of decoding again.
-  image_folders.images.cache_clear()
+  folders.images.cache_clear()
   decoded = []
-  real_undecodable = image_folders._undecodable  # pylint: disable=protected-access
-  monkeypatch.setattr(image_folders, '_undecodable',
+  real_undecodable = folders._undecodable  # pylint: disable=protected-access
+  monkeypatch.setattr(folders, '_undecodable',
                       lambda paths: decoded.append(len(paths)) or real_undecodable(paths))
   with caplog.at_level(logging.WARNING):
-    assert input_pipeline.get_dataset_info(config).num_train_examples == 8
+    assert sources.get_dataset_info(config).num_train_examples == 8
   assert decoded == [] and truncated in caplog.text  # still skipped and logged, by name
   # Rewriting a file (here: the truncated one, now whole) makes a new check.
   with open(os.path.join(root, 'train', 'class_0', '0_0.jpg'), 'rb') as f:
     whole = f.read()
   with open(truncated, 'wb') as f:
     f.write(whole)
-  image_folders.images.cache_clear()
-  assert input_pipeline.get_dataset_info(config).num_train_examples == 9
+  folders.images.cache_clear()
+  assert sources.get_dataset_info(config).num_train_examples == 9
   assert decoded == [10]  # the training split checked again; the validation split's record held
   new_records = set((Path(os.environ['XDG_CACHE_HOME']) / 'alexnet_jax' / 'folder_checks').iterdir())
   assert set(records) < new_records
@@ -195,7 +196,7 @@ def test_the_decode_check_works_without_a_writable_cache(folder_with_bad_images,
   unwritable.write_text('a file where the cache directory would go\n')
   monkeypatch.setenv('XDG_CACHE_HOME', str(unwritable))
   with caplog.at_level(logging.WARNING):
-    assert input_pipeline.get_dataset_info(_config(root)).num_train_examples == 8
+    assert sources.get_dataset_info(_config(root)).num_train_examples == 8
   assert 'Could not record the decode check' in caplog.text
 
 

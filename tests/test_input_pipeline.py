@@ -11,13 +11,18 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import pixels
-from configs import default
+from alexnet_jax import defaults
+from alexnet_jax.data import decode
+from alexnet_jax.data import draws
+from alexnet_jax.data import geometry
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import pixels
+from alexnet_jax.data import sources
+from alexnet_jax.data import stream
 import input_images
 
 # Crop positions as training draws them (`training_draws`), uniform in [0, 1)^2.
-POSITIONS = [tf.constant(p, tf.float32) for p in input_pipeline.example_uniforms(
+POSITIONS = [tf.constant(p, tf.float32) for p in draws.example_uniforms(
     7, np.zeros(40), np.arange(40), 2)]
 
 
@@ -35,7 +40,7 @@ def _image(height: int = 12, width: int = 16) -> tf.Tensor:
 
 @pytest.mark.parametrize('height,width', [(375, 500), (500, 375), (256, 256), (100, 180)])
 def test_random_crop_window_lies_inside_the_image(height, width):
-  windows = np.array([input_pipeline.random_crop_window(
+  windows = np.array([geometry.random_crop_window(
       position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
                       for position in POSITIONS])
   y, x, h, w = windows.T
@@ -54,7 +59,7 @@ def test_random_crop_window_lies_inside_the_image(height, width):
 def test_center_square_crop_window_lies_inside_the_central_square(height, width):
   # The paper's crops come from the central 256x256 square of the resized image (§2, §4.1): in
   # source pixels, the central shorter-side square.
-  windows = np.array([input_pipeline.random_crop_window(
+  windows = np.array([geometry.random_crop_window(
       position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227,
       center_square=True).numpy() for position in POSITIONS])
   y, x, h, w = windows.T
@@ -68,7 +73,7 @@ def test_center_square_crop_window_lies_inside_the_central_square(height, width)
   for offsets, start in ((y, top), (x, left)):
     assert len(set(offsets.tolist())) > 10
     assert offsets.min() - start <= 3 and start + shorter - h[0] - offsets.max() <= 3
-  whole = np.array([input_pipeline.random_crop_window(
+  whole = np.array([geometry.random_crop_window(
       position, tf.constant(height), tf.constant(width), resize_size=256, image_size=227).numpy()
                     for position in POSITIONS])
   if height == width:  # the square is the whole image
@@ -80,7 +85,7 @@ def test_center_square_crop_window_lies_inside_the_central_square(height, width)
 
 
 def test_center_crop_window_is_centered():
-  y, x, h, w = input_pipeline.center_crop_window(
+  y, x, h, w = geometry.center_crop_window(
       tf.constant(375), tf.constant(500), resize_size=256, image_size=227).numpy()
   assert h == w == round(375 * 227 / 256)
   assert y == (375 - h) // 2 and x == (500 - w) // 2
@@ -90,11 +95,11 @@ def test_center_crop_window_is_centered():
 def test_random_crop_decodes_a_resized_square(image_format):
   array = input_images.image_array(np.random.default_rng(0), 60, 80)
   encoded = tf.constant(input_images.encode(array, image_format))
-  crop = input_pipeline.random_crop(POSITIONS[0], encoded, resize_size=36, image_size=32).numpy()
+  crop = decode.random_crop(POSITIONS[0], encoded, resize_size=36, image_size=32).numpy()
   assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
   # The crop is a resized piece of the image, rounded to whole grey levels: an exact match for the
   # PNG, JPEG loss aside otherwise.
-  y, x, h, _ = input_pipeline.random_crop_window(POSITIONS[0], tf.constant(60), tf.constant(80),
+  y, x, h, _ = geometry.random_crop_window(POSITIONS[0], tf.constant(60), tf.constant(80),
                                                  resize_size=36, image_size=32).numpy()
   expected = tf.image.resize(array[y:y + h, x:x + h], [32, 32]).numpy()
   error = np.abs(crop - expected)
@@ -108,61 +113,61 @@ def test_a_crop_already_at_the_training_size_is_not_resampled():
   # A dataset stored at shorter side 256 (the paper's §2 downsampling): the 227 window is the crop.
   array = input_images.image_array(np.random.default_rng(1), 36, 50)
   encoded = tf.constant(input_images.encode(array, 'PNG'))
-  crop = input_pipeline.random_crop(POSITIONS[3], encoded, resize_size=36, image_size=36).numpy()
-  y, x, h, w = input_pipeline.random_crop_window(POSITIONS[3], tf.constant(36), tf.constant(50),
+  crop = decode.random_crop(POSITIONS[3], encoded, resize_size=36, image_size=36).numpy()
+  y, x, h, w = geometry.random_crop_window(POSITIONS[3], tf.constant(36), tf.constant(50),
                                                  resize_size=36, image_size=36).numpy()
   assert h == w == 36
   np.testing.assert_array_equal(crop, array[y:y + 36, x:x + 36])
 
 
 def test_training_draws_are_a_function_of_seed_epoch_and_example():
-  config = default.get_config()
+  config = defaults.get_config()
   epoch, index = np.repeat([0, 1], 2000), np.tile(np.arange(2000), 2)
-  draws = input_pipeline.training_draws(config, epoch, index)
-  assert draws['crop_position'].shape == (4000, 2) and draws['crop_position'].dtype == np.float32
-  assert draws['flip'].dtype == bool and draws['rgb_shift'].dtype == np.float32
+  drawn = draws.training_draws(config, epoch, index)
+  assert drawn['crop_position'].shape == (4000, 2) and drawn['crop_position'].dtype == np.float32
+  assert drawn['flip'].dtype == bool and drawn['rgb_shift'].dtype == np.float32
   # Uniform positions (mean 1/2, variance 1/12), fair flips, each example its own draws.
-  position = draws['crop_position']
+  position = drawn['crop_position']
   assert (position >= 0).all() and (position < 1).all()
   np.testing.assert_allclose(position.mean(0), 0.5, atol=0.02)
   np.testing.assert_allclose(position.var(0), 1 / 12, atol=0.005)
   assert abs(np.corrcoef(position.T)[0, 1]) < 0.05
-  assert 0.46 < draws['flip'].mean() < 0.54
+  assert 0.46 < drawn['flip'].mean() < 0.54
   assert len({tuple(p) for p in position}) == 4000  # fresh in each epoch too
   # The same (seed, epoch, index) gives the same draws, in any order and any company.
-  again = input_pipeline.training_draws(config, epoch[::-7], index[::-7])
-  for name in draws:
-    np.testing.assert_array_equal(again[name], draws[name][::-7])
+  again = draws.training_draws(config, epoch[::-7], index[::-7])
+  for name in drawn:
+    np.testing.assert_array_equal(again[name], drawn[name][::-7])
   config.seed = 1
-  assert not np.array_equal(input_pipeline.training_draws(config, epoch, index)['crop_position'],
+  assert not np.array_equal(draws.training_draws(config, epoch, index)['crop_position'],
                             position)
   # Off switches: no flips, no shift.
   config.augment.flip, config.augment.pca_lighting = False, 0.0
-  off = input_pipeline.training_draws(config, epoch, index)
+  off = draws.training_draws(config, epoch, index)
   assert not off['flip'].any() and not off['rgb_shift'].any()
 
 
 def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
-  config = default.get_config()
-  shifts = input_pipeline.training_draws(config, np.zeros(4000), np.arange(4000))['rgb_shift']
+  config = defaults.get_config()
+  shifts = draws.training_draws(config, np.zeros(4000), np.arange(4000))['rgb_shift']
   assert np.abs(shifts).max() > 0.5  # a few grey levels: 0.1 * 55.5 along the first component
   # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1^2) coefficients,
   # independent of each other.
-  eigenvectors = np.array(input_pipeline.IMAGENET_PCA_EIGENVECTORS)
+  eigenvectors = np.array(draws.IMAGENET_PCA_EIGENVECTORS)
   alphas = np.linalg.solve(eigenvectors, shifts.T.astype(np.float64)).T / np.array(
-      input_pipeline.IMAGENET_PCA_EIGENVALUES)
+      draws.IMAGENET_PCA_EIGENVALUES)
   np.testing.assert_allclose(alphas.mean(0), 0, atol=0.01)
   np.testing.assert_allclose(alphas.std(0), 0.1, rtol=0.05)
   assert np.abs(np.corrcoef(alphas.T) - np.eye(3)).max() < 0.06
   # alpha = e_i: lambda_i p_i, the i-th eigenvector (a column) scaled by its eigenvalue.
-  np.testing.assert_allclose(input_pipeline.lighting_shifts(np.eye(3)),
-                             (eigenvectors * np.array(input_pipeline.IMAGENET_PCA_EIGENVALUES)).T,
+  np.testing.assert_allclose(draws.lighting_shifts(np.eye(3)),
+                             (eigenvectors * np.array(draws.IMAGENET_PCA_EIGENVALUES)).T,
                              rtol=1e-6)
 
 
 def test_five_crop_is_the_corners_and_the_center():
   image = _image(12, 16)
-  crops = input_pipeline.five_crop(image, 8).numpy()
+  crops = decode.five_crop(image, 8).numpy()
   assert crops.shape == (5, 8, 8, 3)
   array = image.numpy()
   expected = [array[:8, :8], array[:8, 8:], array[4:, :8], array[4:, 8:], array[2:10, 4:12]]
@@ -171,13 +176,13 @@ def test_five_crop_is_the_corners_and_the_center():
 
 
 def test_resize_shorter_side():
-  resized = input_pipeline.resize_shorter_side(tf.zeros([375, 500, 3], tf.uint8), 256)
+  resized = decode.resize_shorter_side(tf.zeros([375, 500, 3], tf.uint8), 256)
   assert resized.shape == (256, 341, 3)
 
 
 def _host_resize_config() -> ml_collections.ConfigDict:
   """The paper's recipe at 32 of 40, each crop resized on the host: the crops are 'image'."""
-  config = default.get_config()
+  config = defaults.get_config()
   config.resize_size, config.image_size, config.device_resize_scale = 40, 32, 0
   return config
 
@@ -185,16 +190,16 @@ def _host_resize_config() -> ml_collections.ConfigDict:
 def test_preprocess_train_takes_the_crop_at_its_position_or_the_center():
   config = _host_resize_config()
   encoded = _jpeg(48, 64)
-  crops = [input_pipeline.preprocess_train(encoded, position, config)['image'].numpy()
+  crops = [decode.preprocess_train(encoded, position, config)['image'].numpy()
            for position in POSITIONS[:8]]
   assert crops[0].dtype == np.uint8 and crops[0].shape == (32, 32, 3)
   assert len({crop.tobytes() for crop in crops}) == 8  # the position moves the crop
   # Without random_crop: the center crop, whatever the position.
   config.augment.random_crop = False
-  center = input_pipeline.center_crop(encoded, resize_size=40, image_size=32).numpy()
+  center = decode.center_crop(encoded, resize_size=40, image_size=32).numpy()
   for position in POSITIONS[:3]:
     np.testing.assert_array_equal(
-        input_pipeline.preprocess_train(encoded, position, config)['image'], center)
+        decode.preprocess_train(encoded, position, config)['image'], center)
 
 
 @pytest.mark.parametrize('center_square', [True, False])
@@ -206,7 +211,7 @@ def test_training_crops_follow_center_square(center_square):
   config.center_square = center_square
   lefts = set()
   for position in POSITIONS[:12]:
-    crop = input_pipeline.preprocess_train(encoded, position, config)['image'].numpy()
+    crop = decode.preprocess_train(encoded, position, config)['image'].numpy()
     lefts |= {x for y in range(9) for x in range(29) if (array[y:y + 32, x:x + 32] == crop).all()}
   # The central square spans columns 10..49, so crops start at columns 10..18; the whole image
   # lets them start anywhere in 0..28.
@@ -230,11 +235,11 @@ def test_crops_resized_on_the_device_are_the_hosts(height, width, random_crop):
   device = _host_resize_config()
   device.device_resize_scale = 1.48
   host.augment.random_crop = device.augment.random_crop = random_crop
-  side = input_pipeline.device_region_size(device)
+  side = geometry.device_region_size(device)
   assert side == 47
   for position in POSITIONS[:3]:
-    crop = input_pipeline.preprocess_train(encoded, position, host)['image'].numpy()
-    example = input_pipeline.preprocess_train(encoded, position, device)
+    crop = decode.preprocess_train(encoded, position, host)['image'].numpy()
+    example = decode.preprocess_train(encoded, position, device)
     assert example['image'].shape == (side, side, 3) and example['image'].dtype == tf.uint8
     y, x, size = example['window'].numpy()
     assert 0 <= y and 0 <= x and y + size <= side and x + size <= side
@@ -249,11 +254,11 @@ def test_crops_resized_on_the_device_from_a_jpeg():
   # A JPEG decodes slightly differently at the border of a window that starts elsewhere (chroma
   # upsampling): the region's crop matches the host's up to that.
   encoded = _jpeg(375, 500)
-  host, device = default.get_config(), default.get_config()
+  host, device = defaults.get_config(), defaults.get_config()
   host.device_resize_scale = 0
   for position in POSITIONS[:4]:
-    crop = input_pipeline.preprocess_train(encoded, position, host)['image'].numpy().astype(float)
-    example = input_pipeline.preprocess_train(encoded, position, device)
+    crop = decode.preprocess_train(encoded, position, host)['image'].numpy().astype(float)
+    example = decode.preprocess_train(encoded, position, device)
     assert example['image'].shape == (336, 336, 3)
     batch = {k: example[k].numpy()[None] for k in ('image', 'window')}
     resized = np.asarray(pixels.resize_windows(batch, 227)['image'][0]).astype(float)
@@ -264,7 +269,7 @@ def test_crops_resized_on_the_device_from_a_jpeg():
 @pytest.mark.parametrize('height,width,window', [(375, 500, (10, 160, 332)), (375, 500, (43, 168, 332)),
                                                  (20, 50, (3, 30, 17)), (500, 400, (0, 0, 336))])
 def test_region_around_holds_the_window(height, width, window):
-  y, x, h, w = input_pipeline.region_around(tf.constant(window + (window[2],)), tf.constant(height),
+  y, x, h, w = geometry.region_around(tf.constant(window + (window[2],)), tf.constant(height),
                                             tf.constant(width), 336).numpy()
   assert (h, w) == (min(height, 336), min(width, 336))
   assert 0 <= y <= window[0] and window[0] + window[2] <= y + h <= height
@@ -281,10 +286,10 @@ def test_eval_center_crop_matches_resize_then_crop(height, width):
   array = np.stack([np.sin(y) * np.cos(x), np.sin(x + y), np.cos(0.7 * y - x)], axis=-1)
   array = np.round(127.5 + 120 * array).astype(np.uint8)
   encoded = tf.constant(input_images.encode(array, 'PNG'))
-  config = default.get_config()
-  crop = input_pipeline.preprocess_eval(encoded, config).numpy().astype(np.float32)
-  whole = input_pipeline.resize_shorter_side(tf.constant(array), 256)
-  expected = input_pipeline.center_crop_image(whole, 227).numpy().astype(np.float32)
+  config = defaults.get_config()
+  crop = decode.preprocess_eval(encoded, config).numpy().astype(np.float32)
+  whole = decode.resize_shorter_side(tf.constant(array), 256)
+  expected = decode.center_crop_image(whole, 227).numpy().astype(np.float32)
   assert crop.shape == expected.shape == (227, 227, 3)
   error = np.abs(crop - expected)
   assert error.mean() < 2 and np.median(error) <= 1, (error.mean(), np.median(error))
@@ -294,12 +299,12 @@ def test_eval_center_crop_matches_resize_then_crop(height, width):
 def test_ten_crops_come_from_the_central_square_or_the_whole_image(center_square):
   # A PNG already at shorter side resize_size (nothing is resampled): the ten crops are exact copies.
   array = input_images.image_array(np.random.default_rng(2), 40, 60)
-  config = default.get_config()
+  config = defaults.get_config()
   config.resize_size, config.image_size, config.eval_crops = 40, 32, 10
   config.center_square = center_square
-  crops = input_pipeline.preprocess_eval(tf.constant(input_images.encode(array, 'PNG')), config)
+  crops = decode.preprocess_eval(tf.constant(input_images.encode(array, 'PNG')), config)
   region = array[:, 10:50] if center_square else array  # the paper's square: 40x40 in the middle
-  np.testing.assert_array_equal(crops, input_pipeline.five_crop(tf.constant(region), 32))
+  np.testing.assert_array_equal(crops, decode.five_crop(tf.constant(region), 32))
   top_right = array[:32, 18:50] if center_square else array[:32, 28:60]
   np.testing.assert_array_equal(crops[1], top_right)
 
@@ -312,24 +317,24 @@ def test_ten_crop_square_decoded_as_a_window_matches_resize_then_crop(height, wi
   y, x = np.mgrid[0:height, 0:width] / 40.0
   array = np.stack([np.sin(y) * np.cos(x), np.sin(x + y), np.cos(0.7 * y - x)], axis=-1)
   encoded = tf.constant(input_images.encode(np.round(127.5 + 120 * array).astype(np.uint8)))
-  config = default.get_config()
+  config = defaults.get_config()
   config.eval_crops = 10
-  crops = input_pipeline.preprocess_eval(encoded, config).numpy().astype(np.float32)
-  whole = input_pipeline.resize_shorter_side(tf.io.decode_jpeg(encoded, channels=3), 256)
-  square = input_pipeline.center_crop_image(whole, 256)
-  expected = input_pipeline.five_crop(square, 227).numpy().astype(np.float32)
+  crops = decode.preprocess_eval(encoded, config).numpy().astype(np.float32)
+  whole = decode.resize_shorter_side(tf.io.decode_jpeg(encoded, channels=3), 256)
+  square = decode.center_crop_image(whole, 256)
+  expected = decode.five_crop(square, 227).numpy().astype(np.float32)
   assert crops.shape == expected.shape == (5, 227, 227, 3)
   error = np.abs(crops - expected)
   assert error.mean() < 2 and np.median(error) <= 1, (error.mean(), np.median(error))
 
 
 def test_preprocess_eval_shapes():
-  config = default.get_config()
+  config = defaults.get_config()
   config.resize_size, config.image_size = 40, 32
-  image = input_pipeline.preprocess_eval(_jpeg(48, 64), config)
+  image = decode.preprocess_eval(_jpeg(48, 64), config)
   assert image.shape == (32, 32, 3) and image.dtype == tf.uint8
   config.eval_crops = 10
-  assert input_pipeline.preprocess_eval(_jpeg(64, 48), config).shape == (5, 32, 32, 3)
+  assert decode.preprocess_eval(_jpeg(64, 48), config).shape == (5, 32, 32, 3)
 
 
 # imagenet2012 on mock data --------------------------------------------------------------------------
@@ -339,7 +344,7 @@ MOCK_VALIDATION_FILES = [11]
 
 
 def _mock_config(data_dir: str):
-  config = default.get_config()
+  config = defaults.get_config()
   config.data_dir = data_dir  # keys the pipeline's memos apart from other tests
   config.resize_size, config.image_size = 40, 32
   return config
@@ -361,7 +366,7 @@ def mock_imagenet(tmp_path):
 
 
 def test_mock_imagenet_info(mock_imagenet):
-  info = input_pipeline.get_dataset_info(_mock_config(mock_imagenet))
+  info = sources.get_dataset_info(_mock_config(mock_imagenet))
   assert info.num_classes == 1000
   assert info.num_train_examples == sum(MOCK_TRAIN_FILES)
   assert info.num_eval_examples == sum(MOCK_VALIDATION_FILES)
@@ -370,7 +375,7 @@ def test_mock_imagenet_info(mock_imagenet):
 
 def test_mock_imagenet_train_batches(mock_imagenet):
   config = _mock_config(mock_imagenet)
-  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=8,
+  batches = pipeline.train_batches(config, start_step=0, local_batch_size=8,
                                          process_index=0, process_count=1)
   for _ in range(8):  # more than an epoch of 50
     batch = next(batches)
@@ -389,13 +394,13 @@ def test_mock_imagenet_train_batches(mock_imagenet):
 
 def test_mock_imagenet_resume_across_windows(mock_imagenet, monkeypatch):
   # Windows of two record files: an epoch of 50 is two windows, so seeks land in either.
-  monkeypatch.setattr(input_pipeline, '_WINDOW_EXAMPLES', 20)
+  monkeypatch.setattr(sources, '_WINDOW_EXAMPLES', 20)
   config = _mock_config(mock_imagenet)
   kwargs = dict(local_batch_size=6, process_index=0, process_count=1)
-  stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+  stream = pipeline.train_batches(config, start_step=0, **kwargs)
   uninterrupted = [next(stream) for _ in range(12)]  # 72 examples: into the second epoch
   for start in (3, 5, 9):
-    resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+    resumed = pipeline.train_batches(config, start_step=start, **kwargs)
     for step in range(start, start + 3):
       batch = next(resumed)
       for key in ('image', 'flip', 'rgb_shift', 'label'):
@@ -408,7 +413,7 @@ def test_mock_imagenet_eval_batches_pad_and_mask(mock_imagenet, eval_crops):
   config.eval_crops = eval_crops
   counts = []
   for process_index in range(3):
-    batches = list(input_pipeline.eval_batches(config, local_batch_size=2,
+    batches = list(pipeline.eval_batches(config, local_batch_size=2,
                                                process_index=process_index, process_count=3))
     assert len(batches) == 2  # the largest shard: ceil(11 / 3) = 4 examples, 2 batches
     for batch in batches:
@@ -424,8 +429,8 @@ def test_mock_imagenet_eval_batches_pad_and_mask(mock_imagenet, eval_crops):
 
 def test_unprepared_imagenet_names_the_prepare_command(tmp_path):
   config = _mock_config(str(tmp_path / 'empty'))
-  with pytest.raises(input_pipeline.DatasetNotPreparedError) as error:
-    input_pipeline.get_dataset_info(config)
+  with pytest.raises(sources.DatasetNotPreparedError) as error:
+    sources.get_dataset_info(config)
   message = str(error.value)
   assert ('python -m alexnet_jax.prepare --dataset=imagenet2012 --manual_dir=DIR '
           f'--data_dir={tmp_path / "empty"}') in message
@@ -437,7 +442,7 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
   config = _mock_config(str(tmp_path))
   config.dataset = 'no_such_dataset_xyz'
   with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'.*folder:"):
-    input_pipeline.get_dataset_info(config)
+    sources.get_dataset_info(config)
 
 
 def test_tensorflow_sees_no_gpu():
@@ -450,8 +455,8 @@ def test_tensorflow_sees_no_gpu():
 _STREAM_ALIVE_AT_EXIT = textwrap.dedent("""
     import os, sys, tempfile
     import tensorflow_datasets as tfds
-    from alexnet_jax import input_pipeline
-    from configs import default
+    from alexnet_jax import defaults
+    from alexnet_jax.data import pipeline, sources
 
     tmp = tempfile.mkdtemp()
     builder = tfds.builder('imagenet2012', data_dir=os.path.join(tmp, 'metadata'))
@@ -463,12 +468,12 @@ _STREAM_ALIVE_AT_EXIT = textwrap.dedent("""
     MOCK = tfds.testing.mock_data(num_examples=13, policy=tfds.testing.MockPolicy.USE_FILES,
                                   data_dir=os.path.join(tmp, 'metadata'))
     MOCK.__enter__()  # for the rest of the process, which ends with the stream alive
-    config = default.get_config()
+    config = defaults.get_config()
     config.data_dir = os.path.join(tmp, 'data_dir')
     config.resize_size, config.image_size = 40, 32
-    input_pipeline._WINDOW_EXAMPLES = 30  # windows of 3 record files, read in parallel
-    STREAM = input_pipeline.train_batches(config, start_step=0, local_batch_size=8,
-                                          process_index=0, process_count=1)
+    sources._WINDOW_EXAMPLES = 30  # windows of 3 record files, read in parallel
+    STREAM = pipeline.train_batches(config, start_step=0, local_batch_size=8,
+                                    process_index=0, process_count=1)
     next(STREAM)
     print('exiting', flush=True)
 """)

@@ -19,8 +19,9 @@ import optax
 from jax.sharding import PartitionSpec as P
 import pytest
 
-from alexnet_jax import checkpointing, data, evaluate, optim, train
-from alexnet_jax import model_parallel
+from alexnet_jax import data, evaluate, optim, steps, towers, train
+from alexnet_jax import parallel as parallel_lib
+from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 
 BATCH = 16
@@ -42,9 +43,9 @@ def pixel_scale_images(seed=0):
 
 
 def tower_logits(model, params, images, mesh):
-  towers = model_parallel.TowerPair(model)
-  forward = jax.shard_map(lambda p, x: towers.apply({'params': p}, x), mesh=mesh,
-                          in_specs=(model_parallel.state_specs(p := params), P('data')),
+  pair = towers.TowerPair(model)
+  forward = jax.shard_map(lambda p, x: pair.apply({'params': p}, x), mesh=mesh,
+                          in_specs=(towers.state_specs(p := params), P('data')),
                           out_specs=P('data'), check_vma=False)
   return np.asarray(jax.jit(forward)(p, images))
 
@@ -55,16 +56,23 @@ def assert_trees_close(a, b, rtol, atol):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def model_parallel(config, model, tx, devices=None):
+  """`parallel.make_parallel` of `config` with `model_parallel=2`: the towers' layout."""
+  config = config.copy_and_resolve_references()
+  config.model_parallel = 2
+  return parallel_lib.make_parallel(config, model, tx, devices)
+
+
 @pytest.fixture(scope='module')
 def small():
   """The small model, its optimizer and initial state, and both parallel layouts of it."""
   config = small_config(batch_size=32, synthetic_eval_examples=40)
-  model = train.create_model(config, 10)
+  model = steps.create_model(config, 10)
   tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=8)
   return types.SimpleNamespace(
-      config=config, model=model, tx=tx, host_state=train.create_train_state(config, model, tx),
-      towers=model_parallel.ModelParallel(config, model, tx),
-      data_parallel=train.make_parallel(config, model, tx))
+      config=config, model=model, tx=tx, host_state=steps.create_train_state(config, model, tx),
+      towers=model_parallel(config, model, tx),
+      data_parallel=parallel_lib.make_parallel(config, model, tx))
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
@@ -81,17 +89,17 @@ def test_logits_equal_the_single_device_model(small, dtype, monkeypatch):
   np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
   if dtype == 'float32':
     # The LRN exchange across the tower boundary is needed: borrowing 1 map instead of 2 is visible.
-    monkeypatch.setattr(model_parallel, '_LRN_RADIUS', 1)
+    monkeypatch.setattr(towers, '_LRN_RADIUS', 1)
     wrong = tower_logits(model, params, images, small.towers.mesh)
     assert np.abs(wrong - expected).max() > 30 * tolerance
 
 
 def test_dropout_in_training_is_a_function_of_the_key(small):
   model = small.model.clone(dropout_rate=0.5)
-  towers = model_parallel.TowerPair(model)
+  pair = towers.TowerPair(model)
   forward = jax.jit(jax.shard_map(
-      lambda p, x, key: towers.apply({'params': p}, x, train=True, rngs={'dropout': key}),
-      mesh=small.towers.mesh, in_specs=(model_parallel.state_specs(small.host_state.params),
+      lambda p, x, key: pair.apply({'params': p}, x, train=True, rngs={'dropout': key}),
+      mesh=small.towers.mesh, in_specs=(towers.state_specs(small.host_state.params),
                                         P('data'), P()),
       out_specs=P('data'), check_vma=False))
   images = pixel_scale_images()
@@ -120,10 +128,10 @@ def test_train_step_gradients_equal_jax_grad_of_the_single_device_loss(small):
 
   def loss_fn(params):
     log_probs = jax.nn.log_softmax(model.apply({'params': params}, images))
-    return train.cross_entropy(log_probs, labels).mean()
+    return steps.cross_entropy(log_probs, labels).mean()
 
   loss, expected = jax.value_and_grad(loss_fn)(params)
-  parallel = model_parallel.ModelParallel(small.config, model, tx)
+  parallel = model_parallel(small.config, model, tx)
   host_state = small.host_state.replace(opt_state=jax.tree.map(np.asarray, tx.init(params)))
   state, metrics = parallel.train_step(parallel.put_state(host_state),
                                        parallel.put_batch({'image': images, 'label': labels}))
@@ -173,10 +181,10 @@ def test_four_by_two_trains_like_eight_way_data_parallel_and_checkpoints_carry_o
   assert tower_eval == pytest.approx(data_eval, rel=1e-4)
 
   # A model-parallel checkpoint restores as data parallel's replicated state, and back.
-  for source, source_state, target in ((towers, tower_state, data_parallel),
-                                       (data_parallel, data_state, towers)):
-    checkpointer = checkpointing.Checkpointer(str(tmp_path / type(source).__name__), keep=1,
-                                              async_save=False)
+  for name, source, source_state, target in (
+      ('towers', towers, tower_state, data_parallel),
+      ('data_parallel', data_parallel, data_state, towers)):
+    checkpointer = workdir_lib.Checkpointer(str(tmp_path / name), keep=1, async_save=False)
     checkpointer.save(3, source.state_for_checkpoint(source_state))
     checkpointer.wait()
     restored = target.put_state(checkpointer.restore(target.abstract_state(small.host_state)))
@@ -191,11 +199,11 @@ def test_adamw_moments_are_split_like_the_weights_and_train_like_data_parallel()
   # AdamW keeps two moments per weight; with the towers they are split like the weights they
   # belong to, and the trajectory is data parallelism's.
   config = small_config(batch_size=32, optimizer='adamw', learning_rate=1e-3, weight_decay=0.05)
-  model = train.create_model(config, 10)
+  model = steps.create_model(config, 10)
   tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=8)
-  host_state = train.create_train_state(config, model, tx)
-  towers = model_parallel.ModelParallel(config, model, tx)
-  data_parallel = train.make_parallel(config, model, tx)
+  host_state = steps.create_train_state(config, model, tx)
+  towers = model_parallel(config, model, tx)
+  data_parallel = parallel_lib.make_parallel(config, model, tx)
   data_state, _ = _train(data_parallel, host_state, config, num_steps=2)
   tower_state, _ = _train(towers, host_state, config, num_steps=2)
   # The moments are smooth in the gradients: float32 summation order only. Adam's first steps move
@@ -251,9 +259,9 @@ def test_towers_communicate_only_where_the_paper_has_them(small):
 ])
 def test_unsupported_setups_fail_with_a_clear_message(overrides, devices, message):
   config = small_config(**overrides)
-  model = train.create_model(config, config.num_classes)
+  model = steps.create_model(config, config.num_classes)
   with pytest.raises(ValueError, match=re.escape(message)):
-    model_parallel.ModelParallel(config, model, optax.sgd(0.1), jax.devices()[:devices])
+    model_parallel(config, model, optax.sgd(0.1), jax.devices()[:devices])
 
 
 def test_training_loop_runs_model_parallel_and_resumes_data_parallel(tmp_path):

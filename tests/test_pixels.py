@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import pixels
-from configs import default
+from alexnet_jax import defaults
+from alexnet_jax.data import pixels
 
 
 def _pixels(shape, seed=0) -> np.ndarray:
@@ -15,7 +15,7 @@ def _pixels(shape, seed=0) -> np.ndarray:
 
 
 def test_mean_subtracted_and_std_divided_per_channel():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   images = _pixels((2, 5, 4, 3))
   inputs = np.asarray(pixels.model_input({'image': images}, augment))
   assert inputs.dtype == np.float32
@@ -24,7 +24,7 @@ def test_mean_subtracted_and_std_divided_per_channel():
 
 
 def test_switches_off_leave_the_pixel_scale():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   augment.subtract_mean = False
   augment.divide_std = False
   images = _pixels((2, 3, 3, 3))
@@ -36,7 +36,7 @@ def test_switches_off_leave_the_pixel_scale():
 
 
 def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   images = _pixels((3, 6, 5, 3))
   shifts = np.array([[4.0, -2.0, 1.5], [0.0, 0.0, 0.0], [-7.0, 3.0, 0.5]], np.float32)
   shifted = np.asarray(pixels.model_input({'image': images, 'rgb_shift': shifts}, augment))
@@ -47,7 +47,7 @@ def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
 
 
 def test_flip_mirrors_exactly_the_marked_images():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   images = _pixels((4, 3, 5, 3))
   flip = np.array([True, False, False, True])
   mirrored = np.asarray(pixels.flipped({'image': images, 'flip': flip}))
@@ -59,7 +59,7 @@ def test_flip_mirrors_exactly_the_marked_images():
 
 
 def test_five_crops_become_the_ten_with_their_mirrors_and_float_inputs_pass():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   crops = _pixels((2, 5, 4, 6, 3))
   inputs = np.asarray(pixels.model_input({'image': crops}, augment))
   assert inputs.shape == (2, 10, 4, 6, 3) and inputs.dtype == np.float32
@@ -76,7 +76,7 @@ def test_five_crops_become_the_ten_with_their_mirrors_and_float_inputs_pass():
 
 
 def test_model_input_jits():
-  augment = default.get_config().augment
+  augment = defaults.get_config().augment
   batch = {'image': _pixels((2, 4, 4, 3)), 'flip': np.array([True, False]),
            'rgb_shift': np.ones((2, 3), np.float32)}
   np.testing.assert_allclose(jax.jit(lambda b: pixels.model_input(b, augment))(batch),

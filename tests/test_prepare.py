@@ -12,10 +12,11 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from alexnet_jax import downsample
-from alexnet_jax import input_pipeline
+from alexnet_jax import defaults
 from alexnet_jax import prepare
-from configs import default
+from alexnet_jax.data import downsample
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import sources
 import imagenet_miniature
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,7 @@ def prepared(tmp_path_factory):
 
 
 def _config(data_dir: str, **overrides):
-  config = default.get_config()
+  config = defaults.get_config()
   config.data_dir = data_dir
   config.resize_size, config.image_size = 40, 32
   config.update(overrides)
@@ -96,7 +97,7 @@ def test_prepare_without_the_tars_says_what_to_download(tmp_path):
 
 
 def test_prepared_info(prepared):
-  info = input_pipeline.get_dataset_info(_config(prepared[1]))
+  info = sources.get_dataset_info(_config(prepared[1]))
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 9, 5)
 
 
@@ -113,7 +114,7 @@ def test_process_shards_are_disjoint_and_cover_the_split(prepared):
   config.augment.pca_lighting = 0.0
   everyone = set()
   for process_index in range(3):  # 3 training examples each: one batch of 3 is one epoch
-    batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=3,
+    batches = pipeline.train_batches(config, start_step=0, local_batch_size=3,
                                            process_index=process_index, process_count=3)
     mine = set(_images([next(batches)]))
     assert len(mine) == 3 and not mine & everyone
@@ -121,9 +122,9 @@ def test_process_shards_are_disjoint_and_cover_the_split(prepared):
   assert len(everyone) == 9
   evaluated = []
   for process_index in range(2):
-    evaluated += _images(input_pipeline.eval_batches(config, local_batch_size=2,
+    evaluated += _images(pipeline.eval_batches(config, local_batch_size=2,
                                                      process_index=process_index, process_count=2))
-  alone = _images(input_pipeline.eval_batches(config, local_batch_size=2, process_index=0,
+  alone = _images(pipeline.eval_batches(config, local_batch_size=2, process_index=0,
                                               process_count=1))
   assert len(evaluated) == 5 and sorted(evaluated) == sorted(alone)
 
@@ -133,7 +134,7 @@ def test_processes_with_no_eval_example_pad_to_the_same_batch_count(prepared, ca
   config = _config(prepared[1], cache=cache)
   evaluated, batch_counts = [], set()
   for process_index in range(8):  # 5 validation images: 3 processes have none
-    batches = list(input_pipeline.eval_batches(config, local_batch_size=2,
+    batches = list(pipeline.eval_batches(config, local_batch_size=2,
                                                process_index=process_index, process_count=8))
     batch_counts.add(len(batches))
     evaluated += _images(batches)
@@ -144,17 +145,17 @@ def test_processes_with_no_eval_example_pad_to_the_same_batch_count(prepared, ca
 def test_resume_on_record_files_matches_the_uninterrupted_stream(prepared, monkeypatch):
   # A split spec of three pieces gives three blocks; windows of two examples make several windows
   # per epoch, so resuming seeks across windows and epochs.
-  monkeypatch.setattr(input_pipeline, '_WINDOW_EXAMPLES', 2)
+  monkeypatch.setattr(sources, '_WINDOW_EXAMPLES', 2)
   config = _config(prepared[1], train_split='train[:3]+train[3:6]+train[6:]')
   kwargs = dict(local_batch_size=2, process_index=0, process_count=1)
-  stream = input_pipeline.train_batches(config, start_step=0, **kwargs)
+  stream = pipeline.train_batches(config, start_step=0, **kwargs)
   uninterrupted = [next(stream) for _ in range(14)]  # 28 examples: three epochs and a bit
   labels = np.concatenate([b['label'] for b in uninterrupted])
   assert sorted(labels[:9]) == sorted(labels[9:18])  # each epoch visits every example once
   assert not all(np.array_equal(uninterrupted[i]['image'], uninterrupted[i + 9]['image'])
                  for i in range(4))  # fresh augmentation each epoch
   for start in (1, 4, 10):
-    resumed = input_pipeline.train_batches(config, start_step=start, **kwargs)
+    resumed = pipeline.train_batches(config, start_step=start, **kwargs)
     for step in range(start, start + 3):
       np.testing.assert_array_equal(next(resumed)['image'], uninterrupted[step]['image'])
 
@@ -163,9 +164,9 @@ def test_downsampled_copy_keeps_every_image_and_label_at_the_shorter_side(prepar
   config = _config(prepared[1])
   out = str(tmp_path / 'imagenet32')
   assert downsample.downsample(config, out, shorter_side=32) == {'train': 9, 'validation': 5}
-  names = input_pipeline.get_dataset_info(config).class_names  # synset ids, sorted: kept as they are
+  names = sources.get_dataset_info(config).class_names  # synset ids, sorted: kept as they are
   for split, folder in (('train', 'train'), ('validation', 'val')):
-    for ex in tfds.as_numpy(input_pipeline.split_examples(config, split)):
+    for ex in tfds.as_numpy(sources.split_examples(config, split)):
       copy = Image.open(os.path.join(out, folder, names[ex['label']], f'{ex["index"]:08d}.JPEG'))
       original = Image.open(io.BytesIO(ex['encoded'])).convert('RGB')
       assert min(copy.size) == 32 and copy.format == 'JPEG'
@@ -178,12 +179,12 @@ def test_downsampled_copy_keeps_every_image_and_label_at_the_shorter_side(prepar
       assert np.abs(np.asarray(copy, np.float32) - other).mean() > 3 * error
   # Read back as a folder dataset: the same classes and labels, and the windows need no resize.
   folder = _config(None, dataset=f'folder:{out}', resize_size=32, image_size=28)
-  info = input_pipeline.get_dataset_info(folder)
+  info = sources.get_dataset_info(folder)
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 9, 5)
   assert info.class_names == names
-  batch = next(input_pipeline.train_batches(folder, start_step=0, local_batch_size=9,
+  batch = next(pipeline.train_batches(folder, start_step=0, local_batch_size=9,
                                             process_index=0, process_count=1))
-  train_labels = [ex['label'] for ex in tfds.as_numpy(input_pipeline.split_examples(config, 'train'))]
+  train_labels = [ex['label'] for ex in tfds.as_numpy(sources.split_examples(config, 'train'))]
   assert sorted(batch['label']) == sorted(train_labels)
   # The same command again finds the copy complete and writes nothing; other settings are refused.
   before = {p: p.stat().st_mtime_ns for p in Path(out).rglob('*')}
@@ -196,8 +197,8 @@ def test_downsampled_copy_keeps_every_image_and_label_at_the_shorter_side(prepar
 def test_images_already_small_enough_are_copied_byte_for_byte(prepared, tmp_path):
   config = _config(prepared[1])
   downsample.downsample(config, str(tmp_path), shorter_side=40, splits=('validation',))
-  names = input_pipeline.get_dataset_info(config).class_names
-  for ex in tfds.as_numpy(input_pipeline.split_examples(config, 'validation')):
+  names = sources.get_dataset_info(config).class_names
+  for ex in tfds.as_numpy(sources.split_examples(config, 'validation')):
     path = tmp_path / 'val' / names[ex['label']] / f'{ex["index"]:08d}.JPEG'
     assert path.read_bytes() == ex['encoded']
   with pytest.raises(ValueError, match='whole splits only'):

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import checkpointing, data, optim, train
+from alexnet_jax import data, optim, steps, train
+from alexnet_jax import parallel as parallel_lib
+from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +34,10 @@ def run_steps(config, devices, num_steps, parallelism='shard_map'):
   """Params after `num_steps` train steps on `devices`, fed the data module's batches."""
   config.parallelism = parallelism
   info = data.get_dataset_info(config)
-  model = train.create_model(config, info.num_classes)
+  model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=max(num_steps, 1))
-  parallel = train.make_parallel(config, model, tx, devices)
-  state = parallel.put_state(train.create_train_state(config, model, tx))
+  parallel = parallel_lib.make_parallel(config, model, tx, devices)
+  state = parallel.put_state(steps.create_train_state(config, model, tx))
   batches = data.train_batches(config, start_step=0, local_batch_size=config.batch_size,
                                process_index=0, process_count=1)
   for _ in range(num_steps):
@@ -69,13 +71,13 @@ def test_a_step_with_a_nan_gradient_is_not_applied_and_an_overflowed_update_is_c
                                                                                       parallelism):
   config = tiny_config(parallelism=parallelism)
   info = data.get_dataset_info(config)
-  model = train.create_model(config, info.num_classes)
+  model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch=16, total_steps=4)
-  parallel = train.make_parallel(config, model, tx, jax.devices()[:2])
-  state = parallel.put_state(train.create_train_state(config, model, tx))
+  parallel = parallel_lib.make_parallel(config, model, tx, jax.devices()[:2])
+  state = parallel.put_state(steps.create_train_state(config, model, tx))
   batch = next(data.train_batches(config, start_step=0, local_batch_size=config.batch_size,
                                   process_index=0, process_count=1))
-  checkpointer = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  checkpointer = workdir_lib.Checkpointer(str(tmp_path), keep=2)
 
   state, _ = parallel.train_step(state, parallel.put_batch(batch))  # a good step
   good = parallel.fetch((state.params, state.opt_state))
@@ -89,16 +91,16 @@ def test_a_step_with_a_nan_gradient_is_not_applied_and_an_overflowed_update_is_c
     np.testing.assert_array_equal(kept, before)
   with pytest.raises(train.NonFiniteLossError, match=r'The loss or a gradient became NaN/Inf at step 2 '
                      r'\(that update was not applied\)\. No checkpoint was written\.'):
-    train._check_finite(state, config, parallel, checkpointer)
+    train.check_finite(state, config, parallel, checkpointer)
   with config.unlocked():
     config.skip_nonfinite_steps = True
-  assert train._check_finite(state, config, parallel, checkpointer) == 1
+  assert train.check_finite(state, config, parallel, checkpointer) == 1
 
   # Finite gradients, params pushed to Inf (what a huge rate does): refused even when skipping.
   overflowed = state.replace(params=jax.tree.map(lambda x: x * np.float32(np.inf), state.params))
   with pytest.raises(train.NonFiniteLossError, match=r'The parameters or optimizer state became NaN/Inf '
                      r'by step 2 although the losses and gradients were finite: an update overflowed'):
-    train._check_finite(overflowed, config, parallel, checkpointer)
+    train.check_finite(overflowed, config, parallel, checkpointer)
   checkpointer.close()
 
 
@@ -153,10 +155,10 @@ def test_linear_scaling_of_the_learning_rate():
 def test_eval_on_an_odd_sized_set_counts_every_example_once():
   config = tiny_config(synthetic_eval_examples=37)
   info = data.get_dataset_info(config)
-  model = train.create_model(config, info.num_classes)
+  model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, 16, 10)
-  parallel = train.make_parallel(config, model, tx)
-  host_state = train.create_train_state(config, model, tx)
+  parallel = parallel_lib.make_parallel(config, model, tx)
+  host_state = steps.create_train_state(config, model, tx)
   state = parallel.put_state(host_state)
   results = train.evaluate(parallel, state, config, local_batch_size=16)
   assert results['count'] == 37
@@ -175,14 +177,14 @@ def test_eval_on_an_odd_sized_set_counts_every_example_once():
 def test_ten_crop_eval_averages_softmax_predictions():
   config = tiny_config(eval_crops=10, synthetic_eval_examples=8)
   info = data.get_dataset_info(config)
-  model = train.create_model(config, info.num_classes)
-  params = train.create_train_state(config, model, optax.sgd(0.1)).params
+  model = steps.create_model(config, info.num_classes)
+  params = steps.create_train_state(config, model, optax.sgd(0.1)).params
   batch = next(data.eval_batches(config, local_batch_size=8, process_index=0, process_count=1))
   crops = np.array(batch['image'])
   crops[:, 1:] += np.random.default_rng(0).normal(size=crops[:, 1:].shape).astype(np.float32)
   batch = dict(batch, image=crops)
   sums = jax.jit(jax.shard_map(
-      lambda b: train.eval_step(params, b, model=model, augment=config.augment),
+      lambda b: steps.eval_step(params, b, model=model, augment=config.augment),
       mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
       in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
   ten = np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)  # the five and their mirrors
@@ -213,7 +215,7 @@ def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
   assert run_info['finished'] and run_info['device_count'] == 8
   assert json.loads((tmp_path / 'config.json').read_text())['model']['width'] == 0.25
   assert list((tmp_path / 'tensorboard' / 'train').iterdir())
-  assert checkpointing.Checkpointer(str(tmp_path), 3).latest_step() == 64
+  assert workdir_lib.Checkpointer(str(tmp_path), 3).latest_step() == 64
 
 
 def test_plateau_divides_the_rate_when_eval_error_stops_improving(tmp_path):

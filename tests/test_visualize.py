@@ -11,7 +11,8 @@ from PIL import Image
 import pytest
 
 import input_images
-from alexnet_jax import convert, evaluate, neighbors, visualize
+from alexnet_jax import convert, neighbors, pictures, visualize
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.model import AlexNet
 from configs import smoke
 
@@ -24,7 +25,7 @@ def normalized(kernel: np.ndarray) -> np.ndarray:
 
 def test_paper_kernels_form_two_blocks_as_in_figure_3():
   kernels = np.random.default_rng(0).standard_normal((11, 11, 3, 96)).astype(np.float32)
-  grid = visualize.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=2, scale=1)
+  grid = pictures.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=2, scale=1)
   # Each block: 48 kernels in 3 rows of 16 cells of 11 px with 1 px between them (37 x 193);
   # a 5 px white band between the blocks.
   assert grid.shape == (37 + 5 + 37, 193, 3) and grid.dtype == np.uint8
@@ -34,26 +35,26 @@ def test_paper_kernels_form_two_blocks_as_in_figure_3():
   np.testing.assert_array_equal(second_block, normalized(kernels[..., 48]))  # the other GPU's first
   np.testing.assert_array_equal(grid[43:54, 13:24], normalized(kernels[..., 49]))
 
-  single = visualize.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=1, scale=2)
+  single = pictures.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=1, scale=2)
   assert single.shape == (6 * 22 + 7, 16 * 22 + 17, 3)  # one block of 6 rows, kernels doubled
   with pytest.raises(ValueError, match='do not split into 5 groups'):
-    visualize.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=5)
+    pictures.conv1_kernel_grid({'conv1': {'kernel': kernels}}, groups=5)
 
 
 def test_kernel_groups_follow_the_layout():
   config = smoke.get_config()
-  assert visualize.kernel_groups(config) == 2
+  assert pictures.kernel_groups(config) == 2
   config.model.variant = 'torchvision'  # one tower, whatever `groups` says
-  assert visualize.kernel_groups(config) == 1
+  assert pictures.kernel_groups(config) == 1
 
 
 def test_image_grid_draws_pixels_and_stretches_floats():
   pixels = np.random.default_rng(0).integers(0, 256, (5, 8, 6, 3)).astype(np.uint8)
-  grid = visualize.image_grid(pixels, columns=3)
+  grid = pictures.image_grid(pixels, columns=3)
   assert grid.shape == (2 * 8 + 3 * 2, 3 * 6 + 4 * 2, 3)  # 2 rows of 3, 2 px apart
   np.testing.assert_array_equal(grid[2:10, 2:8], pixels[0])
   np.testing.assert_array_equal(grid[12:20, 10:16], pixels[4])
-  stretched = visualize.image_grid(np.random.default_rng(1).standard_normal((4, 8, 8, 3)))
+  stretched = pictures.image_grid(np.random.default_rng(1).standard_normal((4, 8, 8, 3)))
   assert stretched.shape == (2 * 8 + 6, 2 * 8 + 6, 3)
   assert stretched[2:10, 2:10].min() == 0 and stretched[2:10, 2:10].max() == 255
 
@@ -88,7 +89,7 @@ def folder_workdir(tmp_path_factory):
 
 
 def test_each_training_image_is_its_own_nearest_neighbour(folder_workdir):
-  loaded = evaluate.load(folder_workdir)
+  loaded = workdir_lib.load(folder_workdir)
   config = loaded.config.copy_and_resolve_references()
   config.eval_split = 'train'  # queries from the training split: each must find itself first
   found = neighbors.nearest_neighbors(dataclasses.replace(loaded, config=config),
@@ -114,7 +115,7 @@ def test_neighbors_png_and_summary(folder_workdir, tmp_path):
   assert picture.shape == (3 * 67 + 4 * 2, 5 * 67 + 6 * 2, 3)  # a query and 4 neighbours per row
   assert picture.std() > 10  # images, not a blank canvas
   # A line per query: its class, then its neighbours' classes and distances.
-  rows = neighbors.describe(found, convert.load_config(folder_workdir)).splitlines()
+  rows = neighbors.describe(found, workdir_lib.load_config(folder_workdir)).splitlines()
   assert len(rows) == 3 and all(row.strip().startswith('class_') for row in rows)
   assert all(row.count('class_') == 5 for row in rows)
 
@@ -130,7 +131,7 @@ def test_kernels_command_writes_the_png(folder_workdir, tmp_path):
 
 
 def test_neighbors_of_a_synthetic_run_come_from_its_training_split(folder_workdir):
-  loaded = evaluate.load(folder_workdir)
+  loaded = workdir_lib.load(folder_workdir)
   config = loaded.config.copy_and_resolve_references()
   config.dataset = 'synthetic_learnable'
   config.synthetic_train_examples = 40  # 3 batches of 16, the last half padding

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from alexnet_jax.dataset_info import DatasetInfo
+from alexnet_jax.data.info import DatasetInfo
 
 _SPLIT_IDS = {'train': 0, 'eval': 1}
 _PATTERN_GRID = 4  # class patterns are a 4x4 grid of colours, upsampled to the image size

@@ -1,11 +1,12 @@
 """Train-step benchmark: compile time, ms/step, images/s, peak memory and MFU, optionally against PyTorch.
 
-  python -m alexnet_jax.bench                                  # fp32 and bf16, batch 128 on GPU / 32 on CPU
-  python -m alexnet_jax.bench --batch_sizes=128,256,512        # a sweep
-  python -m alexnet_jax.bench --dtypes=float32 --compare-torch # + the same network in PyTorch (CPU)
+  python -m bench.train_step                                  # fp32 and bf16, batch 128 on GPU / 32 on CPU
+  python -m bench.train_step --batch_sizes=128,256,512        # a sweep
+  python -m bench.train_step --dtypes=float32 --compare-torch # + the same network in PyTorch (CPU)
 
-What is timed is the project's own step: `train.train_step` wrapped by `train.make_parallel` (jit +
-shard_map over one device, the state buffers donated), on the paper model of configs/default.py with
+Run from the repository root (bench/ is not part of the installed package). What is timed is the
+project's own step: `steps.train_step` wrapped by `parallel.make_parallel` (jit +
+shard_map over one device, the state buffers donated), on the paper model of the default config with
 SGD + momentum + weight decay and a random synthetic batch already on the device. Compile time is
 `lower(...).compile()`; steps run the compiled executable. Peak memory is the device allocator's
 high-water mark of the process so far where the device reports one (GPU: rows run in order, so a row
@@ -20,7 +21,7 @@ computes, is counted too, by convention). That is 4.35 GFLOP per 227x227 image f
 Peak is measured in the same process: the best of several runs of a big jitted matmul in the
 benchmark's dtype.
 
-With --compare-torch, `torch_reference.PaperAlexNet` (channels_last, torch.optim.SGD with momentum and
+With --compare-torch, `bench.torch_alexnet.PaperAlexNet` (channels_last, torch.optim.SGD with momentum and
 weight decay, cross-entropy) runs on the CPU with `torch.set_num_threads(--torch_threads)`, interleaved
 with the JAX steps round by round so both see the same machine load. The last line printed is
 `jax/torch speed ratio: X.XX` (float32 images/s of JAX over PyTorch's, at the first batch size).
@@ -40,9 +41,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alexnet_jax import defaults
 from alexnet_jax import optim
-from alexnet_jax import train
-from configs import default
+from alexnet_jax import parallel as parallel_lib
+from alexnet_jax import runtime
+from alexnet_jax import steps
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -52,8 +55,8 @@ def default_batch_size() -> int:
 
 
 def bench_config(batch_size: int, dtype: str, width: float, image_size: int) -> ml_collections.ConfigDict:
-  """configs/default.py (the paper model) on synthetic data, one device."""
-  config = default.get_config()
+  """The default config (the paper model) on synthetic data, one device."""
+  config = defaults.get_config()
   config.dataset = 'synthetic'
   config.batch_size = batch_size
   config.image_size = image_size
@@ -110,9 +113,9 @@ class JaxStep:
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int = 1000,
                inputs: str = 'float32'):
-    self.model = train.create_model(config, num_classes)
+    self.model = steps.create_model(config, num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch=1000, total_steps=1000)
-    parallel = train.make_parallel(config, self.model, tx, devices=jax.devices()[:1])
+    parallel = parallel_lib.make_parallel(config, self.model, tx, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
     batch_size, size = config.batch_size, config.image_size
     if inputs == 'float32':
@@ -120,8 +123,8 @@ class JaxStep:
     elif inputs == 'uint8':
       host_batch = {'image': rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)}
     elif inputs == 'regions':
-      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-      side = input_pipeline.device_region_size(config)
+      from alexnet_jax.data import geometry  # pylint: disable=g-import-not-at-top  (TensorFlow)
+      side = geometry.device_region_size(config)
       window = rng.integers(int(0.7 * side), side + 1, batch_size)
       corner = rng.integers(0, side - window[:, None] + 1, (batch_size, 2))
       host_batch = {'image': rng.integers(0, 256, (batch_size, side, side, 3), np.uint8),
@@ -133,7 +136,7 @@ class JaxStep:
       host_batch['rgb_shift'] = rng.normal(size=(batch_size, 3)).astype(np.float32)
     host_batch['label'] = rng.integers(0, num_classes, config.batch_size).astype(np.int32)
     self.batch = parallel.put_batch(host_batch)
-    self.state = parallel.put_state(train.create_train_state(config, self.model, tx))
+    self.state = parallel.put_state(steps.create_train_state(config, self.model, tx))
     start = time.perf_counter()
     self.compiled = parallel.train_step.lower(self.state, self.batch).compile()
     self.compile_seconds = time.perf_counter() - start
@@ -161,16 +164,16 @@ class JaxStep:
 
 
 class TorchStep:
-  """`torch_reference.PaperAlexNet` on the CPU: the same step, in PyTorch."""
+  """`bench.torch_alexnet.PaperAlexNet` on the CPU: the same step, in PyTorch."""
 
   def __init__(self, batch_size: int, width: float, image_size: int, threads: int,
                num_classes: int = 1000):
     import torch  # pylint: disable=import-outside-toplevel
-    from alexnet_jax import torch_reference  # pylint: disable=import-outside-toplevel
+    from bench import torch_alexnet  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     self.torch = torch
-    self.module = torch_reference.PaperAlexNet(num_classes, width=width, image_size=image_size)
+    self.module = torch_alexnet.PaperAlexNet(num_classes, width=width, image_size=image_size)
     self.module = self.module.to(memory_format=torch.channels_last).train()
     self.optimizer = torch.optim.SGD(self.module.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
@@ -327,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=5, help='timed steps per round and framework')
   parser.add_argument('--rounds', type=int, default=3, help='rounds of interleaved timing')
   parser.add_argument('--compare-torch', dest='compare_torch', action='store_true',
-                      help='also time torch_reference.PaperAlexNet on the CPU (needs torch)')
+                      help='also time bench.torch_alexnet.PaperAlexNet on the CPU (needs torch)')
   parser.add_argument('--torch_threads', type=int, default=2, help='torch.set_num_threads')
   parser.add_argument('--width', type=float, default=1.0, help='model width multiplier (1.0 = the paper)')
   parser.add_argument('--image_size', type=int, default=227, help='image height and width')
@@ -341,6 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+  runtime.configure()  # the CPU XLA flag training uses, before JAX starts
   run(parse_args(argv))
 
 

@@ -22,33 +22,30 @@ borrows the 2 maps next to the boundary from the other (a `ppermute` of [B, H, W
 conv2).
 
 The parameter tree is `AlexNet`'s own (variant 'paper', groups 2), so checkpoints are interchangeable
-with data parallelism: Orbax reshards on restore. The per-device steps are train.py's `train_step` and
+with data parallelism: Orbax reshards on restore. The per-device steps are steps.py's `train_step` and
 `eval_step`, unchanged: they are handed `TowerPair`, whose `apply` is AlexNet's forward pass computed
-one tower per device, instead of the Flax module. Data parallelism runs over the "data" axis as before
-(gradients `pmean`ed over it); the "model" axis holds distinct shards and is never averaged.
+one tower per device, instead of the Flax module; `parallel.ShardMapParallel` runs them over the
+("data", "model") mesh with the state split as `state_specs` says (`parallel.make_parallel`). Data
+parallelism runs over the "data" axis as before (gradients `pmean`ed over it); the "model" axis holds
+distinct shards and is never averaged.
 
 Benchmark (ms per train step, 4x2 model parallel vs 8x1 data parallel; see docs/benchmarks.md):
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m alexnet_jax.model_parallel
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m bench.model_parallel
 """
 
-import argparse
-import functools
-import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
 
 from alexnet_jax import cpu_ops
 from alexnet_jax import model as alexnet
-from alexnet_jax import optim
-from alexnet_jax import train
 
 MODEL_AXIS = 'model'
 TOWERS = 2  # the paper's two GPUs
@@ -88,7 +85,7 @@ _gather_logits.defvjp(_gather_logits_forward, _gather_logits_backward)
 def _share_nonfinite_gradients(params: Any) -> Any:
   """Identity; on the way back, makes every tower's gradients non-finite if either tower's are.
 
-  `train.train_step` skips a step whose gradients' global norm is not finite, judging from the gradients
+  `steps.train_step` skips a step whose gradients' global norm is not finite, judging from the gradients
   it holds. Each device holds only its tower's, so without this the two halves of one network could
   disagree on whether a step was applied; the towers judge theirs by the same test here. (The data axis
   already agrees: gradients are averaged over it first.)
@@ -131,7 +128,7 @@ class TowerPair:
   """`AlexNet` (variant 'paper', groups 2) computed one tower per device of the "model" mesh axis.
 
   `apply` has `AlexNet.apply`'s signature and result (the whole float32 logits, on both devices of a
-  pair), so train.py's per-device steps call it unchanged. It must run inside a `shard_map` with a
+  pair), so steps.py's per-device steps call it unchanged. It must run inside a `shard_map` with a
   "model" axis of size 2, on parameters split as `state_specs` says. Layer widths are read from the
   parameter shapes, so every `width` works.
   """
@@ -165,13 +162,13 @@ class TowerPair:
       kernel = params[name]['kernel']  # [kh, kw, in, out / 2]: this tower's filters
       conv = nn.Conv(kernel.shape[-1], kernel.shape[:2], strides=layer.stride,
                      padding=[(layer.padding, layer.padding)] * 2,
-                     conv_general_dilated_cls=cpu_ops.for_backend,  # as AlexNet does
+                     conv_general_dilated_cls=cpu_ops.conv_factory(model.conv_impl),
                      dtype=dtype, param_dtype=jnp.float32)
       x = activation(conv.apply({'params': params[name]}, x))
       if layer.lrn and model.lrn:
         x = _lrn_across_towers(x)
       if layer.pool:
-        x = cpu_ops.max_pool(x, window, stride)
+        x = cpu_ops.max_pool(x, window, stride, model.conv_impl)
 
     for number in (6, 7, 8):
       name = f'fc{number}'
@@ -229,129 +226,3 @@ def check_config(config: ml_collections.ConfigDict, device_count: int, process_c
   if (device_count // process_count) % TOWERS:
     raise ValueError(f'model_parallel=2 keeps both towers of a network in one process; each process '
                      f'has {device_count // process_count} devices. Use an even number per process.')
-
-
-class ModelParallel:
-  """jit + shard_map over a ("data", "model") mesh of n/2 x 2 devices; the interface of
-  `train.ShardMapParallel` (see make_parallel in train.py)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, model: alexnet.AlexNet,
-               tx: optax.GradientTransformation, devices: list[Any] | None = None):
-    devices = np.asarray(devices or jax.devices())
-    check_config(config, devices.size, jax.process_count())
-    towers = TowerPair(model)
-    self.mesh = Mesh(devices.reshape(-1, TOWERS), (train.DATA_AXIS, MODEL_AXIS))
-    self.split = NamedSharding(self.mesh, P(train.DATA_AXIS))
-    train_fn = functools.partial(train.train_step, model=towers, tx=tx,
-                                 dropout_key=train.dropout_root_key(config), augment=config.augment,
-                                 image_size=config.image_size)
-    eval_fn = lambda state, batch: train.eval_step(state.params, batch, model=towers,
-                                                   augment=config.augment)
-    # check_vma=False for pmap's semantics, as in train.ShardMapParallel: each device's gradient is
-    # its own (of its shard, for split weights), and collectives are explicit. The transposes of the
-    # towers' all_gathers (psum_scatter) then deliver each tower the gradient of its half.
-    sharded = functools.partial(jax.shard_map, mesh=self.mesh, check_vma=False)
-
-    def train_step(state, batch):
-      specs = state_specs(state)
-      return sharded(train_fn, in_specs=(specs, P(train.DATA_AXIS)), out_specs=(specs, P()))(
-          state, batch)
-
-    def eval_step(state, batch):
-      return sharded(eval_fn, in_specs=(state_specs(state), P(train.DATA_AXIS)), out_specs=P())(
-          state, batch)
-
-    self.train_step = jax.jit(train_step, donate_argnums=(0,))
-    self.eval_step = jax.jit(eval_step)
-
-  def _shardings(self, tree: Any) -> Any:
-    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec), state_specs(tree),
-                        is_leaf=lambda x: isinstance(x, P))
-
-  def put_state(self, tree: Any) -> Any:
-    """Host values (identical on every process) to the devices, split as `state_specs` says; device
-    arrays already laid out that way stay put."""
-    return jax.tree.map(train.put_on, tree, self._shardings(tree))
-
-  def abstract_state(self, host_state: Any) -> Any:
-    """Shapes and shardings for restoring a checkpoint (of either layout) straight onto the devices."""
-    return jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding),
-        host_state, self._shardings(host_state))
-
-  def state_for_checkpoint(self, state: Any) -> Any:
-    return state
-
-  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Split along the batch over "data"; both devices of a pair see the same examples."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.split, x), local_batch)
-
-  def fetch(self, tree: Any) -> Any:
-    """Device values to host NumPy, split weights reassembled from this process's shards (each process
-    holds whole pairs, so it holds both halves)."""
-    def fetch_one(x):
-      if x.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
-      whole = np.empty(x.shape, x.dtype)
-      for shard in x.addressable_shards:
-        whole[shard.index] = np.asarray(shard.data)
-      return whole
-    return jax.tree.map(fetch_one, tree)
-
-
-def benchmark(config: ml_collections.ConfigDict, steps: int, repeats: int) -> dict[str, list[float]]:
-  """Seconds per train step of 8 x 1 data parallel and n/2 x 2 model parallel on all devices, one
-  list per layout (one entry per repeat of `steps` steps, after compiling and one warm-up step). The
-  batch is fixed and already on the devices, so only the step is timed."""
-  model = train.create_model(config, config.num_classes)
-  tx = optim.create_optimizer(config, steps_per_epoch=100, total_steps=steps * repeats + 1)
-  host_state = train.create_train_state(config, model, tx)
-  rng = np.random.default_rng(0)
-  host_batch = {'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size, 3)
-                                    ).astype(np.float32),
-                'label': rng.integers(0, config.num_classes, config.batch_size).astype(np.int32)}
-  layouts = {f'data parallel {jax.device_count()}x1': train.make_parallel(config, model, tx),
-             f'model parallel {jax.device_count() // TOWERS}x{TOWERS}': ModelParallel(config, model, tx)}
-  states = {name: parallel.put_state(host_state) for name, parallel in layouts.items()}
-  batches = {name: parallel.put_batch(host_batch) for name, parallel in layouts.items()}
-  for name, parallel in layouts.items():
-    states[name], _ = parallel.train_step(states[name], batches[name])  # compile and warm up
-    jax.block_until_ready(states[name])
-  times = {name: [] for name in layouts}
-  for _ in range(repeats):  # interleaved, so a busy spell on the machine hits both layouts
-    for name, parallel in layouts.items():
-      start = time.perf_counter()
-      for _ in range(steps):
-        states[name], _ = parallel.train_step(states[name], batches[name])
-      jax.block_until_ready(states[name])
-      times[name].append((time.perf_counter() - start) / steps)
-  return times
-
-
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--width', type=float, default=0.25, help='config.model.width')
-  parser.add_argument('--image_size', type=int, default=67, help='config.image_size')
-  parser.add_argument('--batch_size', type=int, default=64, help='global batch')
-  parser.add_argument('--dtype', default='float32', choices=alexnet.DTYPES, help='config.model.dtype')
-  parser.add_argument('--steps', type=int, default=10, help='steps per timed repeat')
-  parser.add_argument('--repeats', type=int, default=5, help='timed repeats per layout')
-  args = parser.parse_args()
-  if jax.device_count() % TOWERS:
-    raise SystemExit(f'{jax.device_count()} devices: the model-parallel layout needs an even number. On '
-                     f'CPU run with XLA_FLAGS=--xla_force_host_platform_device_count=8.')
-  from configs import smoke  # pylint: disable=import-outside-toplevel  (the library does not need configs/)
-  config = smoke.get_config()
-  config.model.width, config.model.dtype = args.width, args.dtype
-  config.image_size = config.resize_size = args.image_size
-  config.batch_size = args.batch_size
-  times = benchmark(config, args.steps, args.repeats)
-  print(f'{jax.device_count()} {jax.devices()[0].platform} devices, width {args.width}, '
-        f'{args.image_size}x{args.image_size} images, batch {args.batch_size}, {args.dtype}: '
-        f'ms per train step over {args.repeats} x {args.steps} steps')
-  for name, seconds in times.items():
-    print(f'  {name:24s} median {1e3 * np.median(seconds):8.1f}   min {1e3 * np.min(seconds):8.1f}')
-
-
-if __name__ == '__main__':
-  main()

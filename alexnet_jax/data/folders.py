@@ -10,8 +10,7 @@ about a training epoch's decoding, so its result is remembered under
 $XDG_CACHE_HOME/alexnet_jax/folder_checks (default ~/.cache/...), named by a digest of every file's
 path, size and modification time (docs/input_pipeline.md, "Bad images").
 
-The tf.data pipeline over these files is built in alexnet_jax/input_pipeline.py, which imports this
-module after hiding every GPU from TensorFlow.
+The shards and the tf.data pipeline over these files are built in sources.py and pipeline.py.
 """
 
 import concurrent.futures
@@ -25,6 +24,8 @@ from collections.abc import Sequence
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from alexnet_jax import runtime
 
 PREFIX = 'folder:'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -152,6 +153,7 @@ def _remembered_undecodable(directory: str, paths: Sequence[str]) -> list[int]:
 @functools.lru_cache(maxsize=None)
 def images(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
   """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal."""
+  runtime.hide_gpus_from_tensorflow()
   directory = split_dir(root, split)
   paths, labels = _list_images(directory, class_names(root))
   if not paths:

@@ -1,6 +1,7 @@
-"""AlexNet in PyTorch, for side-by-side speed runs (alexnet_jax/bench.py) and weight conversion tests.
+"""AlexNet in PyTorch, for side-by-side speed runs (bench/train_step.py) and weight conversion tests.
 
-Importing this module needs torch (`pip install torch==2.13.0`); nothing else in the package imports it.
+Importing this module needs torch (`pip install torch==2.13.0`, or the `torch` extra); nothing in the
+alexnet_jax package imports it.
 
 * `PaperAlexNet`: the same network as `AlexNet(variant='paper')` in alexnet_jax/model.py: groups=2 in
   conv2/conv4/conv5, LRN after conv1/conv2, overlapping 3x3/2 pools, dropout after fc6 and fc7. PyTorch's

@@ -34,9 +34,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import decode
+from alexnet_jax.data import sources
 
-# The folder each split is written to; input_pipeline reads 'validation' from val/.
+# The folder each split is written to; the folder reader reads 'validation' from val/.
 _SPLIT_DIRS = {'train': 'train', 'validation': 'val', 'val': 'val', 'test': 'test'}
 
 
@@ -58,7 +59,7 @@ def downsampled(encoded: tf.Tensor, shorter_side: int, quality: int) -> tuple[tf
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
   def resized():
-    pixels = input_pipeline.resize_shorter_side(image, shorter_side, antialias=True)
+    pixels = decode.resize_shorter_side(image, shorter_side, antialias=True)
     return tf.io.encode_jpeg(pixels, quality=quality), tf.constant(True)
 
   def kept():
@@ -135,7 +136,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       if made['settings'] != settings:
         raise FileExistsError(f'{directory} holds a copy made with {made["settings"]}, not '
                               f'{settings}: remove it, or downsample to another folder.')
-  folders = class_dirs(input_pipeline.class_names(config))
+  folders = class_dirs(sources.class_names(config))
   counts = {}
   for split in splits:
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
@@ -146,7 +147,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       counts[split] = made['images']
       continue
     # Sized first, which checks the split (prepared, decodable) before anything is written.
-    written = np.zeros([int(input_pipeline.split_examples(config, split).cardinality())], bool)
+    written = np.zeros([int(sources.split_examples(config, split).cardinality())], bool)
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
     record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
@@ -160,7 +161,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       logging.info('%s: resuming, %d of %d images written before', split, written.sum(),
                    len(written))
     # Left out before their files are read: a copy resumed near its end reads only what it writes.
-    images = input_pipeline.split_examples(config, split, skip=written).map(
+    images = sources.split_examples(config, split, skip=written).map(
         lambda ex: (ex['label'], ex['index'], *downsampled(ex['encoded'], shorter_side, quality)),
         num_parallel_calls=tf.data.AUTOTUNE)
     count = int(written.sum())

@@ -1,6 +1,6 @@
 """How fast the training input pipeline runs, per CPU core, against plain JPEG decoding of the same files.
 
-  python -m alexnet_jax.bench_input [--num_images=512] [--cores=N]
+  python -m bench.input_pipeline [--num_images=512] [--cores=N]
 
 Writes ImageNet-like JPEGs (500x375 and 375x500, quality 90, photo-like content: smooth shapes plus
 fine noise, ~67 KB each) as a folder dataset, then measures, in the same process and on the same
@@ -10,13 +10,13 @@ files, with TensorFlow's libjpeg-turbo throughout:
     resize covers (in its central square, as in training with the default config), nothing kept;
   * window, no resize: those windows cut to 227x227 (no resampling) and batched: the pipeline less
     its resize and lighting draw, an upper bound for any pipeline built on this decode;
-  * train pipeline: `input_pipeline.train_batches` with the paper's recipe (resize 256, random 227
+  * train pipeline: `pipeline.train_batches` with the paper's recipe (resize 256, random 227
     crop decoded with decode_and_crop_jpeg, flip, PCA lighting shift), uint8 batches of --batch_size,
-    as configs/default.py sets it: the host decodes a 336x336 region around each crop's window and
+    as the default config sets it: the host decodes a 336x336 region around each crop's window and
     the device resizes the window (`config.device_resize_scale`);
   * train, host resize: the same with `device_resize_scale=0`: TensorFlow resizes each crop on the
     host, and the batch holds the 227x227 crops;
-  * eval, 1 crop(s) and eval, 10 crop(s): `input_pipeline.eval_batches`: the center crop (its
+  * eval, 1 crop(s) and eval, 10 crop(s): `pipeline.eval_batches`: the center crop (its
     window decoded and resized) or the five crops of the central square (decoded as a window and
     resized to 256x256) whose mirrors the device adds, §4.1's ten; per image;
   * plain decode, 256, train pipeline, 256 and train, host resize, 256: the same three on the same
@@ -30,7 +30,7 @@ plain decode is taken within each round, and the medians over rounds are printed
 train >= 0.9x plain decode per core: the augmentation should cost no more than the decode it saves.
 
 The last steps (the resize of the regions, mirroring, lighting shift, mean, std) run inside the
-jitted train step (alexnet_jax/pixels.py) and are not part of this measure; bench/step_inputs.py
+jitted train step (alexnet_jax/data/pixels.py) and are not part of this measure; bench/step_inputs.py
 shows what they add to a step.
 """
 
@@ -49,8 +49,12 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from alexnet_jax import input_pipeline
-from configs import default
+from alexnet_jax import defaults
+from alexnet_jax import runtime
+from alexnet_jax.data import decode
+from alexnet_jax.data import draws
+from alexnet_jax.data import geometry
+from alexnet_jax.data import pipeline
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'Distinct JPEG files written.')
 _CORES = flags.DEFINE_integer('cores', None, 'CPU cores to use; default: all this process may use.')
@@ -115,7 +119,7 @@ def map_rate(paths: list[str], per_image: Callable[[tf.Tensor, tf.Tensor], tf.Te
              batch_size: int, num_batches: int) -> Rate:
   """Images/s of `per_image(path, crop_position)` over the files, `cores` parallel calls, results
   batched; each file has a random crop position, drawn as training draws them."""
-  positions = input_pipeline.example_uniforms(0, np.zeros(len(paths)), np.arange(len(paths)), 2)
+  positions = draws.example_uniforms(0, np.zeros(len(paths)), np.arange(len(paths)), 2)
   ds = tf.data.Dataset.from_tensor_slices((paths, positions.astype(np.float32))).repeat()
   ds = ds.map(per_image, num_parallel_calls=cores).batch(batch_size).prefetch(2)
   options = tf.data.Options()
@@ -133,9 +137,9 @@ def full_decode(path: tf.Tensor, crop_position: tf.Tensor) -> tf.Tensor:
 
 def training_window(path: tf.Tensor, crop_position: tf.Tensor) -> tf.Tensor:
   """The window of a random 227 crop of the 256 resize (as in training), decoded: uint8 [s, s, 3]."""
-  window_fn = functools.partial(input_pipeline.random_crop_window, crop_position, resize_size=256,
+  window_fn = functools.partial(geometry.random_crop_window, crop_position, resize_size=256,
                                 image_size=227, center_square=True)
-  return input_pipeline.decode_window(tf.io.read_file(path), window_fn)
+  return decode.decode_window(tf.io.read_file(path), window_fn)
 
 
 STAGES = {
@@ -146,7 +150,7 @@ STAGES = {
 
 
 def _folder_config(root: str, eval_crops: int = 1) -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = f'folder:{root}'
   config.eval_split = 'train'  # the files written, evaluated too
   config.eval_crops = eval_crops
@@ -157,7 +161,7 @@ def train_rate(root: str, batch_size: int, num_batches: int, host_resize: bool =
   config = _folder_config(root)
   if host_resize:
     config.device_resize_scale = 0
-  batches = input_pipeline.train_batches(config, start_step=0, local_batch_size=batch_size,
+  batches = pipeline.train_batches(config, start_step=0, local_batch_size=batch_size,
                                          process_index=0, process_count=1)
   return _rate(batches, batch_size, num_batches)
 
@@ -167,7 +171,7 @@ def eval_rate(root: str, eval_crops: int, batch_size: int, num_batches: int) -> 
   another, as many batches as the training rows time."""
   config = _folder_config(root, eval_crops)
   passes = itertools.chain.from_iterable(
-      input_pipeline.eval_batches(config, local_batch_size=batch_size, process_index=0,
+      pipeline.eval_batches(config, local_batch_size=batch_size, process_index=0,
                                   process_count=1) for _ in itertools.count())
   return _rate(passes, batch_size, num_batches)
 
@@ -233,4 +237,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.configure()  # TensorFlow's host memory pool, as training has it
   app.run(main)

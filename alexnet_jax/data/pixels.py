@@ -15,7 +15,7 @@ resized from them here first (`resize_windows`). On the host, TensorFlow's resiz
 a decode per image, most of what the pipeline spent beyond decoding (docs/benchmarks.md, "Input
 pipeline").
 
-Synthetic sources (alexnet_jax/synthetic.py) deliver float32 images that are model inputs already;
+Synthetic sources (synthetic.py) deliver float32 images that are model inputs already;
 they pass through unchanged (but for the mirrors of 10-crop evaluation).
 """
 
@@ -66,7 +66,7 @@ def _interpolate_rows(images: jax.Array, taps: tuple[jax.Array, jax.Array, jax.A
 def resize_windows(batch: Mapping[str, jax.Array], image_size: int) -> dict[str, jax.Array]:
   """`batch` with crops in 'image': the windows 'window' [B, 3] ([y, x, size] squares) of the
   regions 'image' [B, R, R, 3] resized to uint8 [B, image_size, image_size, 3], as
-  `input_pipeline.random_crop` resizes them on the host (bilinear, rounded); a batch without
+  `decode.random_crop` resizes them on the host (bilinear, rounded); a batch without
   'window' as it is.
 
   Interpolated across columns first (as rows of the transposed images), then down rows: the order

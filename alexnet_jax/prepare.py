@@ -10,6 +10,9 @@ default, ~/tensorflow_datasets, if unset): about 150 GB, a few hours on one mach
 reads them with `--config.data_dir` set to the same --data_dir.
 
 Other TFDS datasets (e.g. --dataset=imagenette/320px-v2) are downloaded and built the same way.
+Fashion-MNIST builds offline from its four idx files (alexnet_jax/data/fashion_mnist.py):
+
+  python -m alexnet_jax.prepare --dataset=fashion_mnist --manual_dir=/usr/share/datasets/fashion-mnist
 
   python -m alexnet_jax.prepare --dataset=imagenet2012 --data_dir=... --downsample_to=DIR [--shorter_side=256]
 
@@ -31,6 +34,7 @@ from alexnet_jax import cli
 from alexnet_jax import defaults
 from alexnet_jax import runtime
 from alexnet_jax.data import downsample
+from alexnet_jax.data import fashion_mnist
 from alexnet_jax.data import folders
 
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -64,9 +68,12 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
   else:
     if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
       _check_imagenet_tars(manual_dir)
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-    builder.download_and_prepare(download_config=download_config)
+    if dataset == fashion_mnist.NAME and manual_dir:  # from idx files on disk, not the web
+      builder = fashion_mnist.build(manual_dir, data_dir)
+    else:
+      download_config = tfds.download.DownloadConfig(
+          manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+      builder.download_and_prepare(download_config=download_config)
   for name, split in builder.info.splits.items():
     logging.info('%s %s: %d examples in %d files', dataset, name, split.num_examples,
                  split.num_shards)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet_jax import config_validation, convert, defaults, evaluate, steps, train
+from alexnet_jax import config_validation, convert, defaults, steps
 from alexnet_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

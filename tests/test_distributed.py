@@ -6,12 +6,11 @@ import subprocess
 import sys
 import textwrap
 
-from absl import flags
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import data, distributed, optim, steps, train
+from alexnet_jax import data, distributed, optim, steps
 from alexnet_jax import workdir as workdir_lib
 from configs import smoke
 

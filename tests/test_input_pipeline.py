@@ -18,7 +18,6 @@ from alexnet_jax.data import geometry
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import pixels
 from alexnet_jax.data import sources
-from alexnet_jax.data import stream
 import input_images
 
 # Crop positions as training draws them (`training_draws`), uniform in [0, 1)^2.

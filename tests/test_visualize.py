@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 import input_images
-from alexnet_jax import convert, neighbors, pictures, visualize
+from alexnet_jax import convert, neighbors, pictures
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.model import AlexNet
 from configs import smoke

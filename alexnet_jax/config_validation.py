@@ -99,6 +99,7 @@ RULES: dict[str, _Rule] = {
     'model.init_scheme': _one_of(*model_lib.INIT_SCHEMES),
     'model.dtype': _one_of(*model_lib.DTYPES),
     'model.conv_impl': _one_of(*model_lib.CONV_IMPLS),
+    'model.remove_conv': _one_of(0, *model_lib.REMOVABLE_CONVS),
     'init_from': _Rule((str,), lambda v: not v or os.path.isdir(os.path.join(v, 'checkpoints')),
                        'a workdir holding checkpoints/ (e.g. of alexnet_jax.convert), or ""'),
     'seed': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
@@ -138,6 +139,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.resize_size < config.image_size:
     raise ConfigError(f'config.resize_size={config.resize_size} is smaller than config.image_size='
                       f'{config.image_size}: the crop must fit inside the resized image')
+  if config.model.remove_conv and config.model.variant != 'paper':
+    raise ConfigError(f'config.model.remove_conv={config.model.remove_conv} removes a layer of the '
+                      f'paper layout; model.variant={config.model.variant!r} is fixed to its '
+                      'published weights: use variant \'paper\' or remove_conv=0')
   smallest = model_lib.min_input_size(config.model.variant, config.model.overlapping_pool)
   if config.image_size < smallest:
     raise ConfigError(f'config.image_size={config.image_size} is too small for model.variant='

@@ -147,6 +147,7 @@ def torchvision_config(base: ml_collections.ConfigDict, variables: Mapping[str, 
     config.model.lrn = False
     config.model.activation = 'relu'
     config.model.overlapping_pool = True
+    config.model.remove_conv = 0
     config.model.width = model.width
     config.num_classes = model.num_classes
     config.image_size = TORCHVISION_IMAGE_SIZE

@@ -34,6 +34,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   # How convolutions and max-pools are computed (the same function): 'auto' | 'lax' | 'cpu_ops'.
   # 'auto' takes alexnet_jax/cpu_ops.py's rewrites on CPU, XLA's own kernels elsewhere (GPU).
   model.conv_impl = 'auto'
+  # §7's depth ablation: 0 keeps all five convolutions; 2, 3 or 4 removes that one (its pool stays).
+  model.remove_conv = 0
   return model
 
 

@@ -24,7 +24,7 @@ LAYERS = {
         'data.downsample', 'data.fashion_mnist', 'data.subset', 'data.statistics', 'data.measure'],
     3: ['optim'],
     4: ['steps', 'parallel', 'distributed'],
-    5: ['config_validation', 'workdir', 'metrics', 'pictures'],
+    5: ['config_validation', 'workdir', 'metrics', 'pictures', 'verdicts'],
     6: ['train'],
     7: ['cli', 'main', 'evaluate', 'predict', 'convert', 'visualize', 'neighbors', 'prepare', 'report'],
 }

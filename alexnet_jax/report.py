@@ -189,17 +189,21 @@ def wall_seconds(run: Run) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Values:
-  """A measure's value in each run of a point that has it; `lower_bound`: some are only bounds."""
+  """A measure's value in each run of a point that has it."""
   values: tuple[float, ...]
   runs: int  # how many runs the point has
-  lower_bound: bool = False
+  unreached: int = 0  # steps_to_train_err: runs that never got there (their last step, a bound)
+
+  @property
+  def lower_bound(self) -> bool:
+    return self.unreached > 0
 
 
 def measure(point: Point, name: str, target: float) -> Values:
   """The values of measure `name` over the point's runs: 'eval_top1_err', 'eval_top5_err' and
   'train_top1_err' (final records), 'train_test_gap', 'steps_to_train_err' (a run that never
   reached `target` counts its last step, a lower bound), 'wall_seconds'."""
-  values, bound = [], False
+  values, unreached = [], 0
   for run in point.runs:
     if name in _FINAL_VALUES:
       split, key = _FINAL_VALUES[name]
@@ -210,14 +214,14 @@ def measure(point: Point, name: str, target: float) -> Values:
     elif name == 'steps_to_train_err':
       value = steps_to_train_err(run, target)
       if value is None and run.train:
-        value, bound = last_step(run), True
+        value, unreached = last_step(run), unreached + 1
     elif name == 'wall_seconds':
       value = wall_seconds(run)
     else:
       raise ValueError(f'unknown measure {name!r}')
     if value is not None:
       values.append(float(value))
-  return Values(tuple(values), len(point.runs), bound)
+  return Values(tuple(values), len(point.runs), unreached)
 
 
 # Tables -------------------------------------------------------------------------------------------
@@ -265,14 +269,16 @@ def _fmt(value: float | None, spec: str = '.3f') -> str:
 
 
 def _mean_std(values: Values, spec: str = '.3f') -> str:
-  """'mean ± std' over the seeds ('value' for one); '—' for none; '≥ ...' and how many reached
-  where some values are lower bounds."""
+  """'mean ± std' over the seeds ('value' for one); '—' for none; '≥ ...' and how many runs never
+  reached the target where some values are lower bounds."""
   summary = verdicts.summarize(values.values)
   if not summary.n:
     return '—'
   text = _fmt(summary.mean, spec) if summary.n == 1 else (
       f'{_fmt(summary.mean, spec)} ± {_fmt(summary.std, spec)}')
-  return f'≥ {text} (not reached in some runs)' if values.lower_bound else text
+  if not values.lower_bound:
+    return text
+  return f'≥ {text} ({values.unreached} of {values.runs} never reached it)'
 
 
 def _signed(value: float, spec: str) -> str:

@@ -74,7 +74,7 @@ def test_points_never_reaching_the_target_show_a_lower_bound(tmp_path):
   _write_point(tmp_path, 'baseline', {}, [0.9, 0.8], [(0.9, 0.5)])
   points = report.load_points(str(tmp_path))
   assert report.steps_to_train_err(points[0].runs[0], 0.25) is None
-  assert '| ≥ 20 (not reached in some runs) |' in report.markdown_table(points, 0.25)
+  assert '| ≥ 20 (1 of 1 never reached it) |' in report.markdown_table(points, 0.25)
 
 
 def test_a_root_without_runs_is_a_clear_error(tmp_path):
@@ -254,3 +254,26 @@ def test_points_are_grouped_by_regime(study_root):
   points = report.load_points(str(study_root))
   assert [[p.name for p in group] for group in report.regimes(points)] == [
       list(STUDY)[:3], list(STUDY)[3:]]
+
+
+def test_runs_that_never_reach_the_target_count_as_lower_bounds_in_a_verdict(tmp_path):
+  claim = {'claim': 'ReLU trains faster', 'measure': 'steps_to_train_err', 'baseline': 'baseline',
+           'point': 'model.activation=tanh'}
+  points = []
+  for name, overrides, reach in (('baseline', {}, (20, 30, 40)),
+                                 ('model.activation=tanh', {'model.activation': 'tanh'},
+                                  (80, 90, 1000))):  # the last never gets there: 100, a bound
+    runs = []
+    for seed, step in enumerate(reach):
+      _write_run(tmp_path / name / f'seed={seed}', step, 0.3)
+      runs.append(report._load_run(  # pylint: disable=protected-access
+          str(tmp_path / name / f'seed={seed}' / 'metrics.jsonl'), seed))
+    points.append(report.Point(name, overrides, runs))
+  judged = report.judge(claim, points, 0.25)
+  assert judged.point.values == (80, 90, 100) and judged.point.unreached == 1
+  assert judged.verdict == verdicts.REPRODUCED  # a bound on the slower side cannot overturn it
+  swapped = report.judge({**claim, 'baseline': claim['point'], 'point': claim['baseline']},
+                         points, 0.25)
+  # Now the bounds are the baseline's: its true values are higher still, the interval lower.
+  assert swapped.baseline.unreached == 1 and swapped.interval.high < 0
+  assert swapped.verdict == verdicts.OPPOSITE

@@ -2,8 +2,10 @@
 eigenvectors, measured once (exactly), recorded beside the data and reused, and used by training,
 evaluation and prediction; ImageNet's published values otherwise."""
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from alexnet_jax.data import draws
 from alexnet_jax.data import measure
 from alexnet_jax.data import pixels
 from alexnet_jax.data import statistics
+import test_distributed
 from test_fashion_mnist import REPO, write_idx
 
 RECORD = 'alexnet_jax-statistics-train.json'
@@ -239,3 +242,27 @@ def test_a_run_records_its_statistics_and_evaluate_uses_them_after_the_data_move
   assert evals[-1]['top1_err'] == evals[-2]['top1_err']
   assert evals[-1]['loss'] == pytest.approx(evals[-2]['loss'], rel=1e-5)
   assert not os.path.exists(os.path.join(again, 'fashion_mnist', '3.0.1', RECORD))
+
+
+@pytest.mark.slow
+def test_in_two_processes_the_first_measures_and_the_other_reads_its_record(fashion_mnist,
+                                                                             tmp_path):
+  data_dir = str(tmp_path / 'data')
+  shutil.copytree(fashion_mnist[0], data_dir)
+  for record in glob.glob(os.path.join(data_dir, '*', '*', RECORD)):
+    os.remove(record)  # measured afresh, by the run
+  workdir = str(tmp_path / 'run')
+  overrides = {'dataset': 'fashion_mnist', 'data_dir': data_dir, 'eval_split': 'test',
+               'train_examples': 24, 'augment.statistics': 'dataset'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'launch.local', '--num_processes=2', '--cpu_devices_per_process=1',
+       '--', *test_distributed.tiny_run_args(workdir, **overrides)],
+      cwd=REPO, env=test_distributed.env_with_cpu_devices(1), capture_output=True, text=True,
+      timeout=600)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-3000:]
+  assert len(re.findall(r'pixel statistics of fashion_mnist train measured', output)) == 1
+  assert len(re.findall(r'pixel statistics of fashion_mnist train read from', output)) == 1
+  with open(os.path.join(workdir, 'config.json')) as f:
+    recorded = tuple(json.load(f)['augment']['std_rgb'])
+  assert recorded == data.dataset_statistics(_fashion_config(fashion_mnist[0])).std

@@ -121,9 +121,12 @@ def test_the_subset_is_a_function_of_the_labels_alone():
       subset.balanced_subset(labels, count)
 
 
-@pytest.mark.parametrize('source', ['tfds', 'folder'])
-def test_every_process_count_reads_the_same_subset(source, tfds_dir, folder):
-  config = _tfds_config(tfds_dir) if source == 'tfds' else _folder_config(folder)
+@pytest.mark.parametrize('source', ['tfds', 'tfds read from its records', 'folder'])
+def test_every_process_count_reads_the_same_subset(source, tfds_dir, folder, monkeypatch):
+  config = _folder_config(folder) if source == 'folder' else _tfds_config(tfds_dir)
+  if source == 'tfds read from its records':  # as a subset too large to keep in memory is
+    monkeypatch.setattr(sources, '_SUBSET_IN_MEMORY_BYTES', 0)
+    sources._memoized_shard.cache_clear()  # pylint: disable=protected-access
   count = 25 if source == 'tfds' else 8
   whole = sources.shard(config, config.train_split, 0, 1)
   labels = sources.to_numpy(whole.examples(0, whole.size), whole.size)['label']
@@ -137,6 +140,7 @@ def test_every_process_count_reads_the_same_subset(source, tfds_dir, folder):
       np.testing.assert_array_equal(examples['label'], labels[examples['index']])
       read.append(examples['index'])
     np.testing.assert_array_equal(np.concatenate(read), expected)  # contiguous shares, in order
+  sources._memoized_shard.cache_clear()  # pylint: disable=protected-access
 
 
 def test_training_sees_exactly_the_subset_each_epoch_in_every_process(tfds_dir):

@@ -16,6 +16,7 @@ import ml_collections
 from alexnet_jax import data
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax.data import statistics
 
 
 class ConfigError(ValueError):
@@ -52,11 +53,24 @@ RULES: dict[str, _Rule] = {
     'strict_data': _BOOL,
     'synthetic_train_examples': _POSITIVE_INT,
     'synthetic_eval_examples': _POSITIVE_INT,
+    'train_examples': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for the whole split'),
+    'eval_train_examples': _Rule(_INT, lambda v: v >= -1,
+                                 'an integer > 0, -1 for every training example, or 0 for none'),
     'augment.random_crop': _BOOL,
     'augment.flip': _BOOL,
     'augment.pca_lighting': _Rule(_NUMBER, lambda v: v >= 0, 'a number >= 0'),
     'augment.subtract_mean': _BOOL,
     'augment.divide_std': _BOOL,
+    'augment.statistics': _one_of(*statistics.CHOICES),
+    'augment.mean_rgb': _Rule((tuple, list, type(None)), lambda v: v is None or _floats(v, 3),
+                              'three numbers (R, G, B), or None'),
+    'augment.std_rgb': _Rule((tuple, list, type(None)), lambda v: v is None or (
+        _floats(v, 3) and min(v) > 0), 'three numbers > 0 (R, G, B), or None'),
+    'augment.pca_eigenvalues': _Rule((tuple, list, type(None)), lambda v: v is None or _floats(v, 3),
+                                     'three numbers, or None'),
+    'augment.pca_eigenvectors': _Rule((tuple, list, type(None)), lambda v: v is None or (
+        isinstance(v, (tuple, list)) and len(v) == 3 and all(_floats(row, 3) for row in v)),
+        'three rows (R, G, B) of three numbers, or None'),
     'batch_size': _POSITIVE_INT,
     'eval_batch_size': _Rule(_INT, lambda v: v > 0 or v == -1, 'an integer > 0, or -1 for batch_size'),
     'num_epochs': _Rule(_NUMBER, lambda v: v > 0, 'a number > 0'),
@@ -85,6 +99,7 @@ RULES: dict[str, _Rule] = {
     'model.init_scheme': _one_of(*model_lib.INIT_SCHEMES),
     'model.dtype': _one_of(*model_lib.DTYPES),
     'model.conv_impl': _one_of(*model_lib.CONV_IMPLS),
+    'model.remove_conv': _one_of(0, *model_lib.REMOVABLE_CONVS),
     'init_from': _Rule((str,), lambda v: not v or os.path.isdir(os.path.join(v, 'checkpoints')),
                        'a workdir holding checkpoints/ (e.g. of alexnet_jax.convert), or ""'),
     'seed': _Rule(_INT, lambda v: v >= 0, 'an integer >= 0'),
@@ -97,6 +112,11 @@ RULES: dict[str, _Rule] = {
     'keep_checkpoints': _POSITIVE_INT,
     'checkpoint_timeout_seconds': _POSITIVE_INT,
 }
+
+
+def _floats(value: Any, count: int) -> bool:
+  return isinstance(value, (tuple, list)) and len(value) == count and all(
+      isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value)
 
 
 def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -119,12 +139,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.resize_size < config.image_size:
     raise ConfigError(f'config.resize_size={config.resize_size} is smaller than config.image_size='
                       f'{config.image_size}: the crop must fit inside the resized image')
+  if config.model.remove_conv and config.model.variant != 'paper':
+    raise ConfigError(f'config.model.remove_conv={config.model.remove_conv} removes a layer of the '
+                      f'paper layout; model.variant={config.model.variant!r} is fixed to its '
+                      'published weights: use variant \'paper\' or remove_conv=0')
   smallest = model_lib.min_input_size(config.model.variant, config.model.overlapping_pool)
   if config.image_size < smallest:
     raise ConfigError(f'config.image_size={config.image_size} is too small for model.variant='
                       f'{config.model.variant!r} with overlapping_pool={config.model.overlapping_pool}: '
                       f'the three max-pools need at least {smallest}')
+  _validate_data_choices(config)
   _validate_dataset(config.dataset, config.data_dir)
+
+
+def _validate_data_choices(config: ml_collections.ConfigDict) -> None:
+  """The subset, training-set evaluation and pixel statistics keys, against each other and the
+  dataset."""
+  synthetic = config.dataset in data.SYNTHETIC_DATASETS
+  if synthetic and config.train_examples != -1:
+    raise ConfigError(f'config.train_examples={config.train_examples} picks a subset of a TFDS or '
+                      f'folder dataset; {config.dataset!r} is sized by synthetic_train_examples')
+  if 0 < config.train_examples < config.eval_train_examples:
+    raise ConfigError(f'config.eval_train_examples={config.eval_train_examples} is more than the '
+                      f'config.train_examples={config.train_examples} the run trains on: use at most '
+                      'that, or -1 for all of them')
+  augment = config.augment
+  if synthetic and augment.statistics == 'dataset':
+    raise ConfigError(f"config.augment.statistics='dataset' measures a dataset's pixels; "
+                      f'{config.dataset!r} images are network inputs already: use \'imagenet\'')
+  given = [key for key in statistics.KEYS if augment[key] is not None]
+  if given and augment.statistics != 'dataset':
+    raise ConfigError(f'config.augment.{given[0]} is set, but augment.statistics='
+                      f"{augment.statistics!r}: a run with statistics='dataset' records these "
+                      'itself; leave them unset')
+  if given and len(given) != len(statistics.KEYS):
+    missing = [key for key in statistics.KEYS if key not in given]
+    raise ConfigError(f'config.augment.{given[0]} is set but augment.{missing[0]} is not: a run '
+                      'records all four statistics together; leave them unset')
 
 
 def _validate_dataset(dataset: str, data_dir: str | None) -> None:

@@ -16,8 +16,8 @@ The layout differences handled by `from_torchvision`:
     rows are permuted.
 
 Preprocessing: torchvision's models expect `(x / 255 - mean) / std` with mean (0.485, 0.456, 0.406) and
-std (0.229, 0.224, 0.225). Multiplied by 255 these are exactly pixels.IMAGENET_MEAN_RGB and
-IMAGENET_STD_RGB, so the converted config keeps `augment.subtract_mean` and `augment.divide_std` on, and
+std (0.229, 0.224, 0.225). Multiplied by 255 these are exactly statistics.IMAGENET.mean and
+statistics.IMAGENET.std, so the converted config keeps `augment.subtract_mean` and `augment.divide_std` on, and
 evaluation and prediction feed the network what it was trained on (docs/pretrained.md).
 
 Fine-tuning from any workdir (a converted one, or a finished run) with `--config.init_from=DIR`,
@@ -40,6 +40,7 @@ from alexnet_jax import defaults
 from alexnet_jax import optim
 from alexnet_jax import steps
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.data import statistics
 from alexnet_jax.model import AlexNet
 
 # Our layer name -> torchvision.models.alexnet's module path.
@@ -146,13 +147,18 @@ def torchvision_config(base: ml_collections.ConfigDict, variables: Mapping[str, 
     config.model.lrn = False
     config.model.activation = 'relu'
     config.model.overlapping_pool = True
+    config.model.remove_conv = 0
     config.model.width = model.width
     config.num_classes = model.num_classes
     config.image_size = TORCHVISION_IMAGE_SIZE
     config.resize_size = TORCHVISION_RESIZE_SIZE
-    # torchvision's Normalize(mean, std) on 0..1 pixels, which is the pipeline's (x - mean) / std.
+    # torchvision's Normalize(mean, std) on 0..1 pixels, which is the pipeline's (x - mean) / std
+    # with ImageNet's statistics.
     config.augment.subtract_mean = True
     config.augment.divide_std = True
+    config.augment.statistics = 'imagenet'
+    for key in statistics.KEYS:
+      config.augment[key] = None
   return config
 
 

@@ -34,6 +34,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   # How convolutions and max-pools are computed (the same function): 'auto' | 'lax' | 'cpu_ops'.
   # 'auto' takes alexnet_jax/cpu_ops.py's rewrites on CPU, XLA's own kernels elsewhere (GPU).
   model.conv_impl = 'auto'
+  # §7's depth ablation: 0 keeps all five convolutions; 2, 3 or 4 removes that one (its pool stays).
+  model.remove_conv = 0
   return model
 
 
@@ -43,8 +45,19 @@ def get_augment_config() -> ml_collections.ConfigDict:
   augment.random_crop = True  # random image_size crop of the resize_size image
   augment.flip = True  # random horizontal reflection
   augment.pca_lighting = 0.1  # std of the PCA colour-noise coefficients; 0 disables
-  augment.subtract_mean = True  # subtract the per-channel ImageNet mean
-  augment.divide_std = True  # then divide by the per-channel ImageNet std: unit-scale inputs for He init
+  augment.subtract_mean = True  # subtract the per-channel mean
+  augment.divide_std = True  # then divide by the per-channel std: unit-scale inputs for He init
+  # Whose pixel statistics (per-channel mean and std, RGB covariance eigenvectors for the lighting
+  # noise) the run uses: 'imagenet', the published values (§4.1 computed them "throughout the
+  # ImageNet training set"), or 'dataset': measured on config.train_split, once, cached beside
+  # the data (alexnet_jax/data/statistics.py).
+  augment.statistics = 'imagenet'  # 'imagenet' | 'dataset'
+  # With statistics='dataset', the run fills these in at start and records them in config.json, so
+  # that evaluate, predict and neighbors use what training used. Leave them unset.
+  augment.mean_rgb = ml_collections.config_dict.placeholder(tuple)  # 0..255 scale
+  augment.std_rgb = ml_collections.config_dict.placeholder(tuple)
+  augment.pca_eigenvalues = ml_collections.config_dict.placeholder(tuple)
+  augment.pca_eigenvectors = ml_collections.config_dict.placeholder(tuple)  # rows RGB, columns components
   return augment
 
 
@@ -74,6 +87,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.strict_data = False  # undecodable images: False = skip and log, True = error
   config.synthetic_train_examples = 1_281_167  # dataset='synthetic*' only: split sizes
   config.synthetic_eval_examples = 50_000
+  # Train on a class-balanced subset of this many examples of train_split (-1: all of it), the same
+  # for every process count and seed (alexnet_jax/data/subset.py): the small-data regime in which
+  # dropout and augmentation (§4.1, §4.2) have overfitting to prevent.
+  config.train_examples = -1
+  # At each eval, also the error on this many training examples (a class-balanced subset of those
+  # trained on; -1: all of them; 0: off), preprocessed as eval images are (no augmentation) with
+  # dropout off: the train side of an honest train-test gap, logged as split 'eval_train'.
+  config.eval_train_examples = 0
 
   # Optimization (§5).
   config.batch_size = 128  # global, across all devices and processes

@@ -31,8 +31,8 @@ class MetricsWriter:
       # A run killed mid-write left its last record cut short: start on a line of our own, or our
       # first record would be glued to it and lost with it.
       self._jsonl.write('\n')
-    self._events = {split: _open_event_file(os.path.join(workdir, 'tensorboard', split))
-                    for split in ('train', 'eval')}
+    self._tensorboard = os.path.join(workdir, 'tensorboard')
+    self._events = {}  # split -> its event file, opened at its first record
 
   def write(self, step: int, split: str, **values: float) -> None:
     """One record, e.g. write(100, 'train', loss=2.3, top1_err=0.9, ...)."""
@@ -62,6 +62,8 @@ class MetricsWriter:
     self._write_event(split, event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def _write_event(self, split: str, event: event_pb2.Event) -> None:
+    if split not in self._events:
+      self._events[split] = _open_event_file(os.path.join(self._tensorboard, split))
     self._events[split].write(event.SerializeToString())
     self._events[split].flush()
 

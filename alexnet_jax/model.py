@@ -26,6 +26,10 @@ import numpy as np
 from alexnet_jax import cpu_ops
 
 VARIANTS = ('paper', 'torchvision')
+# §7: "removing any of the middle layers results in a loss of about 2% for the top-1 performance".
+# The convolutions `remove_conv` may take out: not conv1, which sees the pixels, nor conv5, whose
+# pooled map is fc6's input.
+REMOVABLE_CONVS = (2, 3, 4)
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
 INIT_SCHEMES = ('paper', 'he')
 DTYPES = ('float32', 'bfloat16')
@@ -200,6 +204,10 @@ class AlexNet(nn.Module):
     conv_impl: how convolutions and max-pools are computed, the same function either way:
       'lax' (XLA's own kernels: cuDNN on GPU), 'cpu_ops' (alexnet_jax/cpu_ops.py, faster on XLA's CPU
       backend), or 'auto': 'cpu_ops' on CPU, 'lax' elsewhere.
+    remove_conv: 0 keeps all five convolutions; 2, 3 or 4 removes that one (§7's depth ablation)
+      with its activation and LRN. Its max-pool stays (conv2's), so every map keeps its size and fc6
+      its input; the next convolution takes the previous one's channels. Parameter names stay
+      conv1..conv5 without the removed one. 'paper' layout only.
   """
   num_classes: int = 1000
   variant: str = 'paper'
@@ -212,6 +220,7 @@ class AlexNet(nn.Module):
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  remove_conv: int = 0
 
   def __post_init__(self):
     super().__post_init__()
@@ -228,6 +237,12 @@ class AlexNet(nn.Module):
       raise ValueError(f'AlexNet dropout_rate={self.dropout_rate!r} must be in [0, 1).')
     if self.num_classes < 1:
       raise ValueError(f'AlexNet num_classes={self.num_classes!r} must be positive.')
+    if self.remove_conv not in (0,) + REMOVABLE_CONVS:
+      raise ValueError(f'AlexNet remove_conv={self.remove_conv!r} is not 0 (none) or one of the '
+                       f'middle convolutions {REMOVABLE_CONVS}.')
+    if self.remove_conv and self.variant != 'paper':
+      raise ValueError(f'AlexNet remove_conv={self.remove_conv} takes a layer out of the paper '
+                       f'layout; variant={self.variant!r} is fixed to its published weights.')
 
   def _inits(self, name: str) -> dict[str, Any]:
     if self.init_scheme == 'he':
@@ -259,6 +274,10 @@ class AlexNet(nn.Module):
 
     # §3.5: LRN follows the ReLUs of conv1 and conv2; max-pools follow both LRNs and conv5.
     for index, layer in enumerate(CONVS[self.variant], start=1):
+      if index == self.remove_conv:  # §7's depth ablation: the pool stays, so do the map sizes
+        if layer.pool:
+          x = cpu_ops.max_pool(x, window, stride, self.conv_impl)
+        continue
       name = f'conv{index}'
       features = groups * max(1, round(layer.features * self.width / groups))
       # conv_impl: XLA's own convolution, or the same convolution rewritten where XLA's CPU

@@ -216,6 +216,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int, process_c
         f'model_parallel=2 splits the paper layout into its two towers; it needs '
         f'model.variant=\'paper\' and model.groups=2, got variant={config.model.variant!r}, '
         f'groups={config.model.groups!r}. Set those, or use model_parallel=1.')
+  if config.model.get('remove_conv', 0):
+    raise ValueError(f'model_parallel=2 runs the paper\'s five convolutions in two towers; '
+                     f'model.remove_conv={config.model.remove_conv} takes one out. Use '
+                     'model_parallel=1 for the depth ablation.')
   if config.optimizer == 'lars':
     raise ValueError('config.optimizer=\'lars\' scales each layer by the norms of its weights and '
                      'gradients, which model_parallel=2 splits over two devices; use \'sgd\' or '

@@ -34,6 +34,7 @@ from alexnet_jax import pictures
 from alexnet_jax import steps
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.data import pixels
+from alexnet_jax.data import statistics
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,12 +94,15 @@ class PreemptionWatcher:
 
 
 def evaluate(parallel: parallel_lib.Parallel, state: steps.TrainState,
-             config: ml_collections.ConfigDict, local_batch_size: int) -> dict[str, float]:
-  """Loss and top-1/top-5 error over the whole eval split; each example counted exactly once."""
+             config: ml_collections.ConfigDict, local_batch_size: int,
+             on_training_set: bool = False) -> dict[str, float]:
+  """Loss and top-1/top-5 error over the whole eval split (`on_training_set`: over the training
+  examples of `config.eval_train_examples`, preprocessed alike); each example counted exactly once."""
   totals = None
   for batch in data.eval_batches(config, local_batch_size=local_batch_size,
                                  process_index=jax.process_index(),
-                                 process_count=jax.process_count()):
+                                 process_count=jax.process_count(),
+                                 on_training_set=on_training_set):
     sums = parallel.eval_step(state, parallel.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallel.fetch(totals)
@@ -159,6 +163,19 @@ def check_finite(state: steps.TrainState, config: ml_collections.ConfigDict,
   return int(count)
 
 
+def _dataset_statistics(config: ml_collections.ConfigDict) -> statistics.Statistics:
+  """The training split's pixel statistics: measured (or read) by process 0 first, which records
+  them beside the data, then read from there by the others, rather than every process decoding the
+  split at once."""
+  if jax.process_index() == 0:
+    measured = data.dataset_statistics(config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('pixel statistics recorded')
+  if jax.process_index() != 0:
+    measured = data.dataset_statistics(config)
+  return measured
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
@@ -184,6 +201,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with config.unlocked():
       config.num_classes = info.num_classes
   workdir_lib.check_config_matches(config, workdir)
+  if config.augment.statistics == 'dataset' and not statistics.recorded(config.augment):
+    # Constants from here on: recorded in the config (and so in config.json, for evaluate and
+    # predict), from where the pipeline's lighting draws and the jitted steps' normalization read.
+    measured = _dataset_statistics(config)
+    with config.unlocked():
+      statistics.record(config.augment, measured)
+    logging.info('pixel statistics of %s %s: mean %s, std %s, PCA eigenvalues %s', config.dataset,
+                 config.train_split, *(np.round(v, 3).tolist() for v in (
+                     measured.mean, measured.std, measured.eigenvalues)))
 
   steps_per_epoch = max(info.num_train_examples // config.batch_size, 1)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -277,6 +303,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if is_chief:
           logging.info('eval at step %d: loss %.4f  top-1 error %.4f  top-5 error %.4f', done,
                        results['loss'], results['top1_err'], results['top5_err'])
+        if config.eval_train_examples:  # the training error without augmentation or dropout
+          on_train = evaluate(parallel, state, config, local_eval_batch_size, on_training_set=True)
+          writer.write(done, 'eval_train', loss=on_train['loss'], top1_err=on_train['top1_err'],
+                       top5_err=on_train['top5_err'], num_examples=int(on_train['count']))
         if config.lr_schedule == 'plateau':
           state = _update_plateau(state, results['top1_err'], config, patience_evals, parallel)
         check_finite(state, config, parallel, checkpointer)

@@ -21,10 +21,10 @@ LAYERS = {
     1: ['cpu_ops', 'model', 'towers'],
     2: ['data', 'data.info', 'data.synthetic', 'data.folders', 'data.sources', 'data.stream',
         'data.geometry', 'data.draws', 'data.decode', 'data.pipeline', 'data.pixels',
-        'data.downsample', 'data.fashion_mnist'],
+        'data.downsample', 'data.fashion_mnist', 'data.subset', 'data.statistics', 'data.measure'],
     3: ['optim'],
     4: ['steps', 'parallel', 'distributed'],
-    5: ['config_validation', 'workdir', 'metrics', 'pictures'],
+    5: ['config_validation', 'workdir', 'metrics', 'pictures', 'verdicts'],
     6: ['train'],
     7: ['cli', 'main', 'evaluate', 'predict', 'convert', 'visualize', 'neighbors', 'prepare', 'report'],
 }

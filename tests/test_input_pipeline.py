@@ -18,6 +18,7 @@ from alexnet_jax.data import geometry
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import pixels
 from alexnet_jax.data import sources
+from alexnet_jax.data import statistics
 import input_images
 
 # Crop positions as training draws them (`training_draws`), uniform in [0, 1)^2.
@@ -152,15 +153,15 @@ def test_lighting_shift_is_a_combination_of_the_imagenet_eigenvectors():
   assert np.abs(shifts).max() > 0.5  # a few grey levels: 0.1 * 55.5 along the first component
   # The shift is sum_i alpha_i lambda_i p_i: solving for alpha recovers N(0, 0.1^2) coefficients,
   # independent of each other.
-  eigenvectors = np.array(draws.IMAGENET_PCA_EIGENVECTORS)
+  eigenvectors = np.array(statistics.IMAGENET.eigenvectors)
   alphas = np.linalg.solve(eigenvectors, shifts.T.astype(np.float64)).T / np.array(
-      draws.IMAGENET_PCA_EIGENVALUES)
+      statistics.IMAGENET.eigenvalues)
   np.testing.assert_allclose(alphas.mean(0), 0, atol=0.01)
   np.testing.assert_allclose(alphas.std(0), 0.1, rtol=0.05)
   assert np.abs(np.corrcoef(alphas.T) - np.eye(3)).max() < 0.06
   # alpha = e_i: lambda_i p_i, the i-th eigenvector (a column) scaled by its eigenvalue.
   np.testing.assert_allclose(draws.lighting_shifts(np.eye(3)),
-                             (eigenvectors * np.array(draws.IMAGENET_PCA_EIGENVALUES)).T,
+                             (eigenvectors * np.array(statistics.IMAGENET.eigenvalues)).T,
                              rtol=1e-6)
 
 

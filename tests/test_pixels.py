@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from alexnet_jax import defaults
 from alexnet_jax.data import pixels
+from alexnet_jax.data import statistics
 
 
 def _pixels(shape, seed=0) -> np.ndarray:
@@ -19,7 +20,7 @@ def test_mean_subtracted_and_std_divided_per_channel():
   images = _pixels((2, 5, 4, 3))
   inputs = np.asarray(pixels.model_input({'image': images}, augment))
   assert inputs.dtype == np.float32
-  expected = (images.astype(np.float64) - pixels.IMAGENET_MEAN_RGB) / pixels.IMAGENET_STD_RGB
+  expected = (images.astype(np.float64) - statistics.IMAGENET.mean) / statistics.IMAGENET.std
   np.testing.assert_allclose(inputs, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -32,7 +33,7 @@ def test_switches_off_leave_the_pixel_scale():
                                 images.astype(np.float32))
   augment.subtract_mean = True  # the paper's scale: 0..255 minus the mean
   np.testing.assert_allclose(pixels.model_input({'image': images}, augment),
-                             images - np.float32(pixels.IMAGENET_MEAN_RGB), atol=1e-4)
+                             images - np.float32(statistics.IMAGENET.mean), atol=1e-4)
 
 
 def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
@@ -41,7 +42,7 @@ def test_lighting_shifts_every_pixel_of_an_image_by_its_own_rgb_vector():
   shifts = np.array([[4.0, -2.0, 1.5], [0.0, 0.0, 0.0], [-7.0, 3.0, 0.5]], np.float32)
   shifted = np.asarray(pixels.model_input({'image': images, 'rgb_shift': shifts}, augment))
   plain = np.asarray(pixels.model_input({'image': images}, augment))
-  moved = (shifted - plain) * np.float32(pixels.IMAGENET_STD_RGB)  # back on the pixel scale
+  moved = (shifted - plain) * np.float32(statistics.IMAGENET.std)  # back on the pixel scale
   for image, shift in zip(moved, shifts):
     np.testing.assert_allclose(image, np.broadcast_to(shift, image.shape), atol=1e-3)
 

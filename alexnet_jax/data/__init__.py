@@ -16,6 +16,9 @@ The modules of this package, by concern:
   decode.py      decoding and cropping one image (TensorFlow ops)
   pipeline.py    the tf.data wiring of all of the above into batches
   pixels.py      the last steps, on the device: resize, flip, lighting shift, mean and std
+  statistics.py  the pixel statistics used for normalization and lighting: ImageNet's or the split's
+  measure.py     measuring a training split's pixel statistics once, cached beside the data
+  subset.py      a class-balanced, deterministic subset of a split (`config.train_examples`)
   downsample.py  a copy of a dataset at shorter side 256 (`prepare --downsample_to`)
 """
 
@@ -25,6 +28,7 @@ import functools
 import ml_collections
 import numpy as np
 
+from alexnet_jax.data import statistics
 from alexnet_jax.data import synthetic
 from alexnet_jax.data.info import DatasetInfo
 
@@ -32,7 +36,7 @@ SYNTHETIC_DATASETS = ('synthetic', 'synthetic_learnable')
 FOLDER_PREFIX = 'folder:'  # folders.PREFIX, which imports TensorFlow
 
 __all__ = ['DatasetInfo', 'get_dataset_info', 'class_names', 'readable_class_names',
-           'train_batches', 'eval_batches']
+           'dataset_statistics', 'train_batches', 'eval_batches']
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
@@ -84,6 +88,16 @@ def readable_class_names(config: ml_collections.ConfigDict) -> list[str]:
   return list(names)
 
 
+def dataset_statistics(config: ml_collections.ConfigDict) -> statistics.Statistics:
+  """The pixel statistics of `config.train_split` (per-channel mean and std, RGB covariance
+  eigenvectors and eigenvalues), measured once and cached beside the data (measure.py)."""
+  if config.dataset in SYNTHETIC_DATASETS:
+    raise ValueError(f'{config.dataset} images are network inputs already: they have no pixel '
+                     "statistics; use augment.statistics='imagenet'.")
+  from alexnet_jax.data import measure  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  return measure.split_statistics(config)
+
+
 def _batches(config: ml_collections.ConfigDict):
   """The module that makes `config.dataset`'s batches."""
   if config.dataset in SYNTHETIC_DATASETS:
@@ -101,8 +115,11 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
-                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
-  """One padded, masked pass over this process's shard of the eval split."""
+                 process_count: int, on_training_set: bool = False
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """One padded, masked pass over this process's shard of the eval split; with `on_training_set`,
+  over the training examples a run measures its error on without augmentation or dropout
+  (`config.eval_train_examples`), the train side of an honest train-test gap."""
   return _batches(config).eval_batches(
       config, local_batch_size=local_batch_size, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, on_training_set=on_training_set)

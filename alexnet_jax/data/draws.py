@@ -12,16 +12,7 @@ the device (alexnet_jax/data/pixels.py).
 import ml_collections
 import numpy as np
 
-# Eigenvalues and eigenvectors (columns) of the 3x3 covariance of ImageNet RGB pixels on the 0..1 scale,
-# as published with fb.resnet.torch (datasets/imagenet.lua) and used since by most reimplementations
-# of §4.1. The eigenvalues are multiplied by 255 so that alpha_i = N(0, 0.1) moves pixels as much on
-# the 0..255 scale as it does on the 0..1 scale there (a shift of a few grey levels).
-IMAGENET_PCA_EIGENVALUES = tuple(255.0 * v for v in (0.2175, 0.0188, 0.0045))
-IMAGENET_PCA_EIGENVECTORS = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+from alexnet_jax.data import statistics
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -46,11 +37,13 @@ def example_uniforms(seed: int, epoch: np.ndarray, index: np.ndarray, count: int
   return ((_mix64(counters) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
-def lighting_shifts(alpha: np.ndarray) -> np.ndarray:
-  """sum_i alpha_i lambda_i p_i for each row of `alpha` [n, 3]: the RGB shifts of §4.1, float32
+def lighting_shifts(alpha: np.ndarray, pca: statistics.Statistics = statistics.IMAGENET
+                    ) -> np.ndarray:
+  """sum_i alpha_i lambda_i p_i for each row of `alpha` [n, 3], with the eigenvalues lambda_i and
+  eigenvectors p_i of `pca` (ImageNet's, or the training split's): the RGB shifts of §4.1, float32
   [n, 3]. Each is added to every pixel of its image on the device (`pixels.model_input`)."""
-  eigenvectors = np.asarray(IMAGENET_PCA_EIGENVECTORS)  # [rgb, component]
-  return ((alpha * np.asarray(IMAGENET_PCA_EIGENVALUES)) @ eigenvectors.T).astype(np.float32)
+  eigenvectors = np.asarray(pca.eigenvectors)  # [rgb, component]
+  return ((alpha * np.asarray(pca.eigenvalues)) @ eigenvectors.T).astype(np.float32)
 
 
 def training_draws(config: ml_collections.ConfigDict, epoch: np.ndarray, index: np.ndarray
@@ -59,7 +52,8 @@ def training_draws(config: ml_collections.ConfigDict, epoch: np.ndarray, index: 
   (config.seed, epoch, index) alone: 'crop_position' float32 [n, 2] in [0, 1), where the random
   crop lies (`geometry.random_crop_window`); 'flip' bool [n], whether to mirror the image, True with
   probability 1/2 (False without `augment.flip`); 'rgb_shift' float32 [n, 3], the lighting shift
-  with alpha_i ~ N(0, pca_lighting^2) (zeros without `augment.pca_lighting`).
+  with alpha_i ~ N(0, pca_lighting^2) along the eigenvectors `augment.statistics` chooses (zeros
+  without `augment.pca_lighting`).
 
   The flip and the shift are applied on the device (`pixels.model_input`).
   """
@@ -70,4 +64,4 @@ def training_draws(config: ml_collections.ConfigDict, epoch: np.ndarray, index: 
   normal = np.sqrt(-2 * np.log(uniform[:, 3:6])) * np.cos(2 * np.pi * uniform[:, 6:9])
   return {'crop_position': np.minimum(uniform[:, :2], 1 - 2.0**-24).astype(np.float32),
           'flip': flip,
-          'rgb_shift': lighting_shifts(normal * augment.pca_lighting)}
+          'rgb_shift': lighting_shifts(normal * augment.pca_lighting, statistics.of(augment))}

@@ -88,13 +88,9 @@ def _decodable(path: tf.Tensor) -> tf.Tensor:
   return tf.size(image) > 0
 
 
-def _check_record(directory: str, paths: Sequence[str]) -> str:
-  """The file that remembers the decode check of `paths`, named by a digest of every file's path,
-  size and modification time: a file added, removed or rewritten makes a new name, so a new check.
-
-  Under $XDG_CACHE_HOME/alexnet_jax/folder_checks (default ~/.cache/...): a shared home directory
-  lets every node of a cluster, and every later run, resume or sweep point, reuse one check.
-  """
+def files_digest(directory: str, paths: Sequence[str]) -> str:
+  """A digest of `directory` and every file's path, size and modification time: a file added,
+  removed or rewritten changes it."""
   def stat_all(chunk: Sequence[str]) -> list[tuple[int, int]]:
     return [(st.st_size, st.st_mtime_ns) for st in map(os.stat, chunk)]
 
@@ -105,8 +101,24 @@ def _check_record(directory: str, paths: Sequence[str]) -> str:
   digest = hashlib.sha256(os.path.realpath(directory).encode())
   for path, (size, mtime) in zip(paths, stats):
     digest.update(f'{path}\0{size}\0{mtime}\n'.encode())
-  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(cache_home, 'alexnet_jax', 'folder_checks', f'{digest.hexdigest()}.json')
+  return digest.hexdigest()
+
+
+def cache_home() -> str:
+  """$XDG_CACHE_HOME/alexnet_jax (default ~/.cache/alexnet_jax): what the project remembers about
+  datasets where it may not write beside them."""
+  home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(home, 'alexnet_jax')
+
+
+def _check_record(directory: str, paths: Sequence[str]) -> str:
+  """The file that remembers the decode check of `paths`, named by their `files_digest`: a file
+  added, removed or rewritten makes a new name, so a new check.
+
+  Under $XDG_CACHE_HOME/alexnet_jax/folder_checks (default ~/.cache/...): a shared home directory
+  lets every node of a cluster, and every later run, resume or sweep point, reuse one check.
+  """
+  return os.path.join(cache_home(), 'folder_checks', f'{files_digest(directory, paths)}.json')
 
 
 def _undecodable(paths: Sequence[str]) -> list[int]:

@@ -68,7 +68,8 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
    'label': int32 [local_batch_size]}
   """
   _check_sizes(config)
-  shard = sources.shard(config, config.train_split, process_index, process_count)
+  shard = sources.shard(config, config.train_split, process_index, process_count,
+                        config.train_examples)
   if shard.size < local_batch_size:
     raise ValueError(f'{config.dataset} {config.train_split}: process {process_index} has '
                      f'{shard.size} examples, fewer than one batch of {local_batch_size}.')
@@ -98,15 +99,23 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
-                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int, on_training_set: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One pass over this process's shard of the eval split, padded to a batch count all processes share.
 
   {'image': uint8 [B, S, S, 3] or [B, 5, S, S, 3] (eval_crops=10: the corner and center crops,
    mirrored on the device), 'label': int32 [B],
    'mask': bool [B]}, where padding examples have mask False.
+
+  `on_training_set`: the same, over the training examples whose error a run measures without
+  augmentation (`config.eval_train_examples` of the `config.train_examples` it trains on).
   """
   _check_sizes(config)
-  shard = sources.shard(config, config.eval_split, process_index, process_count)
+  if on_training_set:
+    examples = (config.eval_train_examples if config.eval_train_examples > 0
+                else config.train_examples)
+    shard = sources.shard(config, config.train_split, process_index, process_count, examples)
+  else:
+    shard = sources.shard(config, config.eval_split, process_index, process_count)
   # The largest shard sets the batch count of every process, so that their collectives line up.
   largest = -(-shard.split_size // process_count)
   num_batches = -(-largest // local_batch_size)

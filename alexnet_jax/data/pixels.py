@@ -4,6 +4,7 @@ The TFDS and folder sources deliver uint8 pixels (and, for training, whether to 
 `flip` and its PCA lighting shift as `rgb_shift`, both drawn on the host, §4.1); the last steps of
 the paper's preprocessing run here, inside the jitted step:
   x = ((mirrored if flip else pixel) + rgb_shift - mean) / std   per channel, as `config.augment` sets
+(mean and std: ImageNet's or the training split's, alexnet_jax/data/statistics.py)
 Doing them on the device rather than in tf.data sends a quarter of the bytes to the accelerator
 (uint8, not float32) and spares the input pipeline a copy, two float passes and a float32 batch per
 step on the host CPU (docs/benchmarks.md, "Input pipeline"); XLA fuses them into one pass. For a
@@ -25,16 +26,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-# Per-channel RGB mean and standard deviation of ImageNet training pixels, 0..255 scale (the values
-# used by fb.resnet.torch and torchvision, there on the 0..1 scale).
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+from alexnet_jax.data import statistics
 
 
 def mean_and_std(augment: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """The per-channel mean subtracted and std divided by, as `augment` configures (0 and 1 when off)."""
-  mean = IMAGENET_MEAN_RGB if augment.subtract_mean else (0.0, 0.0, 0.0)
-  std = IMAGENET_STD_RGB if augment.get('divide_std', True) else (1.0, 1.0, 1.0)
+  """The per-channel mean subtracted and std divided by, as `augment` configures (0 and 1 when off):
+  ImageNet's, or the run's own training split's (`statistics.of`)."""
+  used = statistics.of(augment)
+  mean = used.mean if augment.subtract_mean else (0.0, 0.0, 0.0)
+  std = used.std if augment.get('divide_std', True) else (1.0, 1.0, 1.0)
   return mean, std
 
 

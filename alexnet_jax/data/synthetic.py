@@ -77,16 +77,21 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
-                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over the eval set; the last global batch is padded and its padding masked."""
+                 process_count: int, on_training_set: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over the eval set (`on_training_set`: over the first `eval_train_examples` of the
+  training set, all of it with -1); the last global batch is padded and its padding masked."""
   patterns = _class_patterns(config) if config.dataset == 'synthetic_learnable' else None
   global_batch_size = local_batch_size * process_count
   own = _process_slice(global_batch_size, local_batch_size, process_index, process_count)
-  num_examples = config.synthetic_eval_examples
+  split, num_examples = 'eval', config.synthetic_eval_examples
+  if on_training_set:
+    split, num_examples = 'train', config.synthetic_train_examples
+    if config.eval_train_examples > 0:
+      num_examples = min(num_examples, config.eval_train_examples)
   for start in range(0, num_examples, global_batch_size):
     global_indices = np.arange(start, start + global_batch_size)[own]
     mask = global_indices < num_examples
-    images, labels = _make_examples(config, 'eval', np.where(mask, global_indices, 0), patterns)
+    images, labels = _make_examples(config, split, np.where(mask, global_indices, 0), patterns)
     if config.eval_crops == 10:  # the same image as each of the five crops (mirrored on the device)
       images = np.repeat(images[:, None], 5, axis=1)
     yield {'image': images, 'label': labels, 'mask': mask}

@@ -14,11 +14,12 @@ from etils import epath
 import ml_collections
 
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.InvalidError):
   """An invalid config value; the message names the key and the allowed values."""
 
 

@@ -25,6 +25,7 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alexnet_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TARGET_TRAIN_ERR = flags.DEFINE_float(
     'target_train_err', 0.25, 'Report the first step whose training top-1 error is at most this '
@@ -80,7 +81,7 @@ def _load_point(name: str, metrics_path: str, overrides: dict | None) -> Point:
 def load_points(root: str) -> list[Point]:
   """The points under `root`: `baseline` first, then by name."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'{root}: no such directory (pass the --workdir of launch.sweep)')
+    raise errors.NotFoundError(f'{root}: no such directory (pass the --workdir of launch.sweep)')
   points = []
   for name in sorted(os.listdir(root), key=lambda n: (n != 'baseline', n)):
     metrics_path = os.path.join(root, name, 'metrics.jsonl')
@@ -93,8 +94,8 @@ def load_points(root: str) -> list[Point]:
         overrides = json.load(f)['overrides']
     points.append(_load_point(name, metrics_path, overrides))
   if not points:
-    raise FileNotFoundError(f'{root}: no subdirectory holds a metrics.jsonl; is this the --workdir '
-                            'of a sweep whose points have started?')
+    raise errors.NotFoundError(f'{root}: no subdirectory holds a metrics.jsonl; is this the '
+                               '--workdir of a sweep whose points have started?')
   return points
 
 

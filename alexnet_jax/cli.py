@@ -6,8 +6,9 @@ sweep) ends with `cli.run(main)` instead of `absl.app.run(main)`. `run`:
   TensorFlow's host memory pool) before JAX or TensorFlow start, so that importing the library never
   has to;
 * keeps the console to what the command itself says: INFO records of other libraries (Orbax's
-  dozens of lines per checkpoint read or write, JAX's "Unable to initialize backend 'tpu'") and
-  TensorFlow's C++ notices are dropped; their warnings and errors stay. `--verbose` shows everything;
+  dozens of lines per checkpoint read or write, JAX's "Unable to initialize backend 'tpu'") are
+  dropped; their warnings and errors stay. `--verbose` shows everything. (TensorFlow's C++ notices
+  at its first use, "oneDNN custom operations are on", remain: TF_CPP_MIN_LOG_LEVEL=3 leaves them.)
 * turns a failure into one line on stderr: an `errors.Error` prints `error: <message>` (the message
   names the problem and the fix) and exits with its code; anything else is a bug, printed as
   `error: <type>: <message>` naming a file that holds the traceback, exit 1. `--verbose` prints the
@@ -40,12 +41,6 @@ class _OwnInfoOnly(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
-def quiet_libraries() -> None:
-  """Drops other libraries' INFO records and TensorFlow's C++ INFO notices (module docstring)."""
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # read at TensorFlow's first C++ log line
-
-
 def _command_name() -> str:
   return os.path.splitext(os.path.basename(sys.argv[0]))[0] or 'python'
 
@@ -74,7 +69,7 @@ def fail(message: str, exit_code: int) -> None:
 def _run_main(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
   verbose = flags.FLAGS['verbose'].value
   if not verbose:
-    quiet_libraries()
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
   try:
     return main(argv)
   except app.UsageError:

@@ -230,6 +230,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_batch_size = config.eval_batch_size if config.eval_batch_size > 0 else config.batch_size
   local_batch_size = config.batch_size // jax.process_count()
   local_eval_batch_size = eval_batch_size // jax.process_count()
+  run_info = {'process_count': jax.process_count(), 'device_count': jax.device_count(),
+              'local_device_count': jax.local_device_count(), 'total_steps': total_steps,
+              'steps_per_epoch': steps_per_epoch, 'finished': False}
 
   model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
@@ -261,6 +264,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.info('%s finished already: its latest checkpoint is of step %d, and the run has %d '
                    'steps. Nothing to train; raise config.num_train_steps (or num_epochs) to train '
                    'on.', workdir, start_step, total_steps)
+      if is_chief and not workdir_lib.read_run_info(workdir).get('finished'):
+        # Stopped after its last checkpoint and before recording that it had finished.
+        workdir_lib.write_run_info(workdir, run_info | {'finished': True})
       return state
 
     # The data stream starts before anything is written, so a dataset that cannot give a batch
@@ -276,9 +282,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.warning('the config differs from the one this workdir was run with; from step %d: '
                         '%s (recorded in %s)', start_step, workdir_lib.describe_changes(changes),
                         workdir_lib.CONFIG_CHANGES_FILE)
-      run_info = {'process_count': jax.process_count(), 'device_count': jax.device_count(),
-                  'local_device_count': jax.local_device_count(), 'total_steps': total_steps,
-                  'steps_per_epoch': steps_per_epoch, 'finished': False}
       workdir_lib.write_run_info(workdir, run_info)
     # A resumed run drops the records of the steps after its checkpoint, which it is about to redo.
     writer = metrics.MetricsWriter(workdir, enabled=is_chief, start_step=start_step)
@@ -363,6 +366,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
 
   if is_chief:
-    run_info['finished'] = True
-    workdir_lib.write_run_info(workdir, run_info)
+    workdir_lib.write_run_info(workdir, run_info | {'finished': True})
   return state

@@ -79,7 +79,8 @@ def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, 
   with open(tanh / 'sweep_point.json') as f:
     assert json.load(f)['overrides'] == {'model.activation': 'tanh'}
 
-  # An interrupted point: the SLURM array holds only it, and it resumes from its checkpoint.
+  # A point stopped after its last checkpoint, before its run_info said finished: the SLURM array
+  # holds only it, and it finds its last step saved and records that it finished.
   with open(baseline / 'run_info.json') as f:
     run_info = json.load(f)
   (baseline / 'run_info.json').write_text(json.dumps({**run_info, 'finished': False}))
@@ -96,7 +97,7 @@ def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, 
     assert time.monotonic() < deadline, f'job array {job_id} still running after 600 s'
     time.sleep(1)
   job_log = (root / 'logs' / f'{job_id}_0.log').read_text()
-  assert f'resuming from {baseline}/checkpoints, step 2' in job_log, job_log[-3000:]
+  assert f'{baseline} finished already: its latest checkpoint is of step 2' in job_log, job_log[-3000:]
   assert _finished(baseline)
 
   output = _sweep(root, sweep_file, 'local').stdout

@@ -69,9 +69,9 @@ def _fc6_kernel(weight: np.ndarray, channels: int) -> np.ndarray:
   """torchvision's fc6 weight [out, (c, h, w)] as our kernel [(h, w, c), out]."""
   out = weight.shape[0]
   if weight.shape[1] != channels * _POOLED_SIZE * _POOLED_SIZE:
-    raise errors.InvalidError(f'classifier.1.weight has {weight.shape[1]} inputs; the {channels} channels of '
-                     f'features.10 pooled to {_POOLED_SIZE}x{_POOLED_SIZE} give '
-                     f'{channels * _POOLED_SIZE ** 2}.')
+    raise errors.InvalidError(
+        f'classifier.1.weight has {weight.shape[1]} inputs; the {channels} channels of features.10 '
+        f'pooled to {_POOLED_SIZE}x{_POOLED_SIZE} give {channels * _POOLED_SIZE ** 2}.')
   kernel = weight.reshape(out, channels, _POOLED_SIZE, _POOLED_SIZE).transpose(2, 3, 1, 0)
   return kernel.reshape(_POOLED_SIZE * _POOLED_SIZE * channels, out)
 

@@ -85,8 +85,9 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
 
 def _check_imagenet_tars(manual_dir: str | None) -> None:
   if not manual_dir:
-    raise errors.InvalidError('ImageNet needs --manual_dir=DIR, the folder holding '
-                              f'{" and ".join(IMAGENET_TARS)} (from https://image-net.org/download-images).')
+    raise errors.InvalidError(
+        f'ImageNet needs --manual_dir=DIR, the folder holding {" and ".join(IMAGENET_TARS)} (from '
+        'https://image-net.org/download-images).')
   manual_dir = os.path.expanduser(manual_dir)
   missing = [name for name in IMAGENET_TARS
              if not tf.io.gfile.exists(os.path.join(manual_dir, name))]

@@ -14,12 +14,13 @@ from etils import epath
 import ml_collections
 
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax.data import statistics
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.InvalidError):
   """An invalid config value; the message names the key and the allowed values."""
 
 

@@ -26,7 +26,6 @@ keeping the new model's freshly initialized fc8 when the class counts differ, is
 
 from collections.abc import Mapping
 import os
-import sys
 from typing import Any
 
 from absl import app
@@ -37,6 +36,7 @@ import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import defaults
+from alexnet_jax import errors
 from alexnet_jax import optim
 from alexnet_jax import steps
 from alexnet_jax import workdir as workdir_lib
@@ -70,9 +70,9 @@ def _fc6_kernel(weight: np.ndarray, channels: int) -> np.ndarray:
   """torchvision's fc6 weight [out, (c, h, w)] as our kernel [(h, w, c), out]."""
   out = weight.shape[0]
   if weight.shape[1] != channels * _POOLED_SIZE * _POOLED_SIZE:
-    raise ValueError(f'classifier.1.weight has {weight.shape[1]} inputs; the {channels} channels of '
-                     f'features.10 pooled to {_POOLED_SIZE}x{_POOLED_SIZE} give '
-                     f'{channels * _POOLED_SIZE ** 2}.')
+    raise errors.InvalidError(
+        f'classifier.1.weight has {weight.shape[1]} inputs; the {channels} channels of features.10 '
+        f'pooled to {_POOLED_SIZE}x{_POOLED_SIZE} give {channels * _POOLED_SIZE ** 2}.')
   kernel = weight.reshape(out, channels, _POOLED_SIZE, _POOLED_SIZE).transpose(2, 3, 1, 0)
   return kernel.reshape(_POOLED_SIZE * _POOLED_SIZE * channels, out)
 
@@ -96,7 +96,7 @@ def from_torchvision(state_dict: Mapping[str, Any]) -> dict[str, Any]:
               for kind in ('weight', 'bias')}
   missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
   if missing or unexpected:
-    raise ValueError(
+    raise errors.InvalidError(
         'Not a torchvision AlexNet state dict: '
         + (f'missing {", ".join(missing)}; ' if missing else '')
         + (f'unexpected {", ".join(unexpected[:8])}{" ..." if len(unexpected) > 8 else ""}; '
@@ -125,14 +125,14 @@ def load_torchvision_file(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top  (only this path needs PyTorch)
   except ImportError as e:
-    raise ImportError('Reading .pth files needs PyTorch: pip install torch (the CPU build is '
-                      'enough).') from e
+    raise errors.InputError('Reading .pth files needs PyTorch: pip install torch (the CPU build is '
+                            'enough).') from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--weights={path}: no such file.')
+    raise errors.NotFoundError(f'--weights={path}: no such file.')
   state_dict = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state_dict, Mapping):
-    raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict; save one with '
-                     'torch.save(model.state_dict(), path).')
+    raise errors.InvalidError(f'{path} holds a {type(state_dict).__name__}, not a state dict; save '
+                              'one with torch.save(model.state_dict(), path).')
   return {name: _to_numpy(value) for name, value in state_dict.items()}
 
 
@@ -168,8 +168,8 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any |
   checkpointer = workdir_lib.Checkpointer(workdir, config.keep_checkpoints, async_save=False)
   if checkpointer.latest_step() is not None:
     checkpointer.close()
-    raise FileExistsError(f'{checkpointer.directory} already holds checkpoints (latest step '
-                          f'{checkpointer.latest_step()}); convert into a new --workdir.')
+    raise errors.ExistsError(f'{checkpointer.directory} already holds checkpoints (latest step '
+                             f'{checkpointer.latest_step()}); convert into a new --workdir.')
   model = steps.create_model(config, config.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch=1, total_steps=1)
   state = steps.create_train_state(config, model, tx)
@@ -193,13 +193,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   options = flags.FLAGS
-  try:
-    variables = from_torchvision(load_torchvision_file(options.weights))
-    config = torchvision_config(options.config, variables)
-    write_workdir(options.workdir, config, variables['params'])
-  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  variables = from_torchvision(load_torchvision_file(options.weights))
+  config = torchvision_config(options.config, variables)
+  workdir_lib.make_workdir(options.workdir)
+  write_workdir(options.workdir, config, variables['params'])
   model = torchvision_model(variables)
   print(f'wrote {options.workdir}: torchvision AlexNet, {model.num_classes} classes, width '
         f'{model.width:g}, step 0 (config.json and checkpoints/0)')

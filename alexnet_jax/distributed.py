@@ -28,6 +28,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from alexnet_jax import errors
+
 DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 60
 INITIALIZATION_TIMEOUT_SECONDS = 300  # peers that do not show up by then: error
 SHUTDOWN_TIMEOUT_SECONDS = 120  # at exit, wait this long for the others to finish too
@@ -35,11 +37,15 @@ SHUTDOWN_TIMEOUT_SECONDS = 120  # at exit, wait this long for the others to fini
 _WORKDIR_TOKEN_FILE = '.shared_workdir_check'
 
 
+class ClusterError(errors.InputError, RuntimeError):
+  """This process cannot join its run as it was started."""
+
+
 def _detected_cluster() -> str | None:
   """Names the multi-process launcher this process runs under, if JAX can detect it."""
   if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
     if 'SLURM_STEP_NODELIST' not in os.environ:
-      raise RuntimeError(
+      raise ClusterError(
           f'This process runs inside a SLURM allocation of {os.environ["SLURM_NTASKS"]} tasks but '
           'outside a job step, so it cannot find its peers. Start the processes with srun (see '
           'launch/slurm/train.sbatch), or pass --num_processes=1 to train in this process alone.')
@@ -65,7 +71,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   if any(value is not None for value in explicit):
     if any(value is None for value in explicit):
-      raise ValueError(
+      raise errors.InvalidError(
           'Set all of --coordinator_address, --num_processes and --process_id, or none of them '
           f'(got {explicit}). launch/local.py sets them for processes on one machine.')
     cluster = 'flags'
@@ -88,7 +94,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                jax.process_count(), jax.process_index(), cluster, socket.gethostname())
 
 
-class WorkdirNotSharedError(RuntimeError):
+class WorkdirNotSharedError(errors.InputError, RuntimeError):
   """The workdir is not one directory seen by every process."""
 
 
@@ -122,5 +128,6 @@ def check_shared_workdir(workdir: str) -> None:
     raise WorkdirNotSharedError(
         f'--workdir={workdir} is not the same directory on every process: processes {blind} do '
         'not see the file process 0 wrote there. Put the workdir on storage all hosts share '
-        '(NFS, Lustre, GCS, ...); a host-local path makes multi-host checkpointing hang.')
+        '(NFS, Lustre, a bucket mounted with gcsfuse, ...); a host-local path makes multi-host '
+        'checkpointing hang.')
   logging.info('All %d processes share workdir %s.', jax.process_count(), workdir)

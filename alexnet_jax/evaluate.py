@@ -6,10 +6,13 @@ DIR is a workdir of `alexnet_jax.main` or `alexnet_jax.convert`: its config.json
 which data, its checkpoints hold the parameters. The numbers come from the training loop's own eval
 (`train.evaluate`: every example once, 10-crop softmax averaging as in §4.1), so a checkpoint evaluated
 here reproduces the eval record training wrote for it. The result is printed and appended to
-DIR/metrics.jsonl as {"split": "eval", "step": ..., "checkpoint": "latest", "eval_crops": 10, ...}.
+DIR/metrics.jsonl as {"split": "eval", "step": ..., "checkpoint": "latest", "eval_crops": 10, ...}, and
+to TensorBoard as a run of its own, DIR/tensorboard/evaluate_<N>crop (training's curves stay
+training's). Nothing else in DIR is touched: the checkpoints are opened read-only, so a run may be
+writing one meanwhile; in a read-only DIR the result is printed, with a warning that it could not be
+recorded.
 """
 
-import sys
 import time
 from typing import Any
 
@@ -23,6 +26,7 @@ import ml_collections
 from alexnet_jax import cli
 from alexnet_jax import config_validation
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import metrics
 from alexnet_jax import optim
 from alexnet_jax import parallel as parallel_lib
@@ -59,7 +63,7 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
   config = loaded.config
   names = data.class_names(config)  # not get_dataset_info: it would check the training images too
   if names is not None and len(names) != config.num_classes:
-    raise ValueError(
+    raise errors.InvalidError(
         f'{config.dataset} has {len(names)} classes but the model in {workdir} has '
         f'{config.num_classes}: its labels do not line up. Fine-tune a model on {config.dataset} '
         '(config.init_from) and evaluate that.')
@@ -71,11 +75,16 @@ def evaluate_workdir(workdir: str, checkpoint: str = 'latest', **overrides: Any)
             'top5_err': results['top5_err'], 'num_examples': int(results['count']),
             'examples_per_sec': results['count'] / max(time.time() - start, 1e-9),
             'checkpoint': str(checkpoint), 'eval_crops': int(config.eval_crops)}
-  writer = metrics.MetricsWriter(workdir)
   try:
-    writer.write(loaded.step, 'eval', **record)
-  finally:
-    writer.close()
+    writer = metrics.MetricsWriter(
+        workdir, tensorboard_runs={'eval': f'evaluate_{config.eval_crops}crop'})
+    try:
+      writer.write(loaded.step, 'eval', **record)
+    finally:
+      writer.close()
+  except OSError as e:
+    logging.warning('could not record the result in %s (%s): it is printed only', workdir,
+                    e.strerror or e)
   return {'step': loaded.step, 'split': 'eval'} | record
 
 
@@ -83,12 +92,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   options = flags.FLAGS
-  try:
-    record = evaluate_workdir(options.workdir, options.checkpoint, eval_crops=options.eval_crops,
-                              eval_batch_size=options.eval_batch_size, data_dir=options.data_dir)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  record = evaluate_workdir(options.workdir, options.checkpoint, eval_crops=options.eval_crops,
+                            eval_batch_size=options.eval_batch_size, data_dir=options.data_dir)
   print(f'{options.workdir}: {options.checkpoint} checkpoint (step {record["step"]}), '
         f'{record["num_examples"]} images, {record["eval_crops"]} crop(s): '
         f'top-1 error {record["top1_err"]:.4f}, top-5 error {record["top5_err"]:.4f}, '

@@ -1,10 +1,16 @@
 r"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/default.py --workdir=DIR`.
 
 Any config key can be overridden, e.g. `--config.model.groups=1 --config.batch_size=256`. Rerunning the
-same command resumes from the latest checkpoint in DIR. Exit codes: 0 finished; 2 invalid config or
-workdir, or an unknown or unparsable --config.* flag (one line on stderr says which key and what it
-allows); 1 other errors, a NaN/Inf loss (the message names the step) or a failed checkpoint write among
-them; 75 preempted by SIGTERM/SIGUSR1 after checkpointing (rerun to resume).
+same command resumes from the latest checkpoint in DIR; rerunning a finished run says so and exits 0.
+Every failure is one line on stderr, `error: ...`, naming the problem and the fix (alexnet_jax/cli.py;
+`--verbose` adds the traceback). Exit codes (alexnet_jax/errors.py):
+  0    finished, now or before
+  1    the run failed: a NaN/Inf loss (the message names the step), a failed checkpoint write (it
+       names the intact checkpoint), or an unexpected error (it names the file with the traceback)
+  2    bad input, nothing trained: an invalid config, an unknown or unparsable --config.* flag, a
+       workdir that cannot be written or holds another model, a dataset not prepared or unusable
+  75   SIGTERM or SIGUSR1: the current step was checkpointed; rerun to resume
+  130  Ctrl-C: the current step was checkpointed; rerun to resume (a second Ctrl-C stops at once)
 """
 
 import sys
@@ -18,17 +24,15 @@ from ml_collections import config_flags
 from alexnet_jax import cli
 from alexnet_jax import config_validation
 from alexnet_jax import distributed
+from alexnet_jax import errors
 from alexnet_jax import train
 from alexnet_jax import workdir as workdir_lib
-
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; launch/ scripts requeue on it
-CONFIG_ERROR_EXIT_CODE = 2
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file, e.g. configs/default.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Where checkpoints, metrics.jsonl, config.json and TensorBoard logs go; storage '
-    'every process sees.')
+    'workdir', None, 'Where checkpoints, metrics.jsonl, config.json and TensorBoard logs go; a local '
+    'path (or a mounted file system) every process sees.')
 flags.mark_flags_as_required(['config', 'workdir'])
 # Joining a multi-process run (alexnet_jax/distributed.py).
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
@@ -42,18 +46,6 @@ _HEARTBEAT_TIMEOUT_SECONDS = flags.DEFINE_integer(
     'heartbeat_timeout_seconds', distributed.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
     'A process silent for this long is declared dead and all others exit with an error.',
     lower_bound=1)
-
-
-class _QuietLibraries(logging.logging.Filter):
-  """Drops the INFO chatter of Orbax's save threads (several lines per checkpoint); keeps warnings."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
-
-
-def _fail(message: str, exit_code: int) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(exit_code)
 
 
 def _unknown_override(error: Exception, argv: list[str]) -> str | None:
@@ -79,48 +71,37 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _CONFIG.value.keys()  # a config file that failed to load raises its OSError on first access
     return remaining
   except flags.Error as e:  # a missing or unparsable value, e.g. --config.batch_size=3.5
-    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+    cli.fail(str(e), errors.BAD_INPUT)
   except (KeyError, AttributeError) as e:
     message = _unknown_override(e, argv)
     if message is None:
       raise  # an error inside the config file itself: its traceback says where
-    _fail(message, CONFIG_ERROR_EXIT_CODE)
+    cli.fail(message, errors.BAD_INPUT)
   except OSError as e:  # the config file is missing or unreadable
     reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    _fail(f'cannot load the config file: {reason}', CONFIG_ERROR_EXIT_CODE)
+    cli.fail(f'cannot load the config file: {reason}', errors.BAD_INPUT)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  config_validation.validate(config)  # before JAX starts: bad configs cost no compile
+  workdir = _WORKDIR.value
+  created = workdir_lib.make_workdir(workdir)
   try:
-    config_validation.validate(config)  # before JAX starts: bad configs cost no compile
-  except config_validation.ConfigError as e:
-    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
-
-  # Before anything asks JAX for its devices.
-  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _HEARTBEAT_TIMEOUT_SECONDS.value)
-  try:
+    # Before anything asks JAX for its devices.
+    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _HEARTBEAT_TIMEOUT_SECONDS.value)
     config_validation.validate_devices(config, jax.device_count(), jax.process_count())
-  except config_validation.ConfigError as e:
-    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
-  try:
-    distributed.check_shared_workdir(_WORKDIR.value)
-  except distributed.WorkdirNotSharedError as e:
-    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
-
-  try:
-    train.train_and_evaluate(config, _WORKDIR.value)
-  except workdir_lib.CheckpointMismatchError as e:
-    _fail(str(e), CONFIG_ERROR_EXIT_CODE)
+    distributed.check_shared_workdir(workdir)
+    train.train_and_evaluate(config, workdir)
   except train.Preempted as e:
     logging.warning('%s', e)
-    sys.exit(PREEMPTED_EXIT_CODE)
-  except (train.NonFiniteLossError, workdir_lib.CheckpointWriteError) as e:
-    _fail(str(e), 1)
+    sys.exit(e.exit_code)
+  finally:
+    if created:  # a start that failed leaves no empty workdir behind
+      workdir_lib.remove_if_empty(workdir)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ TFRecords with the `tensorboard` package's `RecordWriter` (its `EventFileWriter`
 is installed: seconds per process), so the synthetic path never loads TensorFlow.
 """
 
+from collections.abc import Mapping
 import io
 import json
 import os
@@ -18,21 +19,39 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 class MetricsWriter:
-  """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  `start_step`: the step a training run starts or resumes from. A run killed after its last
+  checkpoint logged steps it will now redo; the records of every step after `start_step` are dropped
+  from metrics.jsonl (rewritten whole, then renamed over it), and TensorBoard is told to drop its
+  events of those steps too (a SessionLog.START event at `start_step + 1`: TensorBoard's event
+  reader discards the events of earlier files from that step on). Each file is then one history,
+  as an uninterrupted run would have written it. `alexnet_jax.evaluate`'s records (they carry a
+  "checkpoint" key) describe checkpoints, not the run's progress, and are kept.
+
+  `tensorboard_runs`: the TensorBoard run (a folder under DIR/tensorboard) of each split's
+  records; by default each split in a run of its own name ('train', 'eval', 'eval_train'), its
+  event file opened at its first record.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int | None = None,
+               tensorboard_runs: Mapping[str, str] | None = None):
     self.enabled = enabled
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, 'metrics.jsonl')
+    if start_step is not None:
+      _drop_records_after(path, start_step)
     self._jsonl = open(path, 'a', encoding='utf-8')
     if not _ends_with_newline(path):
       # A run killed mid-write left its last record cut short: start on a line of our own, or our
       # first record would be glued to it and lost with it.
       self._jsonl.write('\n')
     self._tensorboard = os.path.join(workdir, 'tensorboard')
-    self._events = {}  # split -> its event file, opened at its first record
+    self._runs = dict(tensorboard_runs or {})  # a split not named here is a run of its own name
+    self._restart_step = start_step
+    self._events = {}  # run -> its event file, opened at its first record
 
   def write(self, step: int, split: str, **values: float) -> None:
     """One record, e.g. write(100, 'train', loss=2.3, top1_err=0.9, ...)."""
@@ -62,10 +81,15 @@ class MetricsWriter:
     self._write_event(split, event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def _write_event(self, split: str, event: event_pb2.Event) -> None:
-    if split not in self._events:
-      self._events[split] = _open_event_file(os.path.join(self._tensorboard, split))
-    self._events[split].write(event.SerializeToString())
-    self._events[split].flush()
+    run = self._runs.get(split, split)
+    if run not in self._events:
+      self._events[run] = _open_event_file(os.path.join(self._tensorboard, run))
+      if self._restart_step is not None:  # TensorBoard drops this run's events from here on
+        restart = event_pb2.Event(wall_time=time.time(), step=int(self._restart_step) + 1,
+                                  session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+        self._events[run].write(restart.SerializeToString())
+    self._events[run].write(event.SerializeToString())
+    self._events[run].flush()
 
   def close(self) -> None:
     if not self.enabled:
@@ -73,6 +97,28 @@ class MetricsWriter:
     self._jsonl.close()
     for events in self._events.values():
       events.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without the training records of steps after `step` and without lines
+  cut short by a kill; whole or not at all (written beside it, then renamed over it)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if record['step'] <= step or 'checkpoint' in record:
+      kept.append(line if line.endswith('\n') else line + '\n')
+  if kept == lines:
+    return
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -87,8 +133,10 @@ def _ends_with_newline(path: str) -> bool:
 def _open_event_file(directory: str) -> RecordWriter:
   """A new TensorBoard event file in `directory`, starting with the version record TensorBoard expects."""
   os.makedirs(directory, exist_ok=True)
-  name = f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}'
-  writer = RecordWriter(open(os.path.join(directory, name), 'wb'))
+  # Microseconds in the name: a process that opens two in one second (evaluate, called twice)
+  # must not truncate its first. TensorBoard reads a run's files in name order: time order.
+  name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
+  writer = RecordWriter(open(os.path.join(directory, name), 'xb'))
   writer.write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString())
   return writer
 

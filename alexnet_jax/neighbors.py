@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import pictures
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.data import pixels
@@ -123,8 +124,8 @@ def nearest_neighbors(loaded: workdir_lib.Loaded, *, num_queries: int = 8, num_n
       break
   found = np.isfinite(best['distances'])
   if not found.all():
-    raise ValueError(f'Only {int(found[0].sum())} training images were scanned; ask for at most that '
-                     'many --num_neighbors.')
+    raise errors.InvalidError(f'Only {int(found[0].sum())} training images were scanned; ask for at '
+                              'most that many --num_neighbors.')
   return Neighbors(query_images=query_images, query_labels=query_labels, images=best['images'],
                    labels=best['labels'], indices=best['indices'],
                    distances=np.sqrt(best['distances']))

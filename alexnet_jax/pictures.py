@@ -11,6 +11,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from alexnet_jax import errors
+
 KERNEL_COLUMNS = 16  # Figure 3 shows each GPU's 48 kernels as 3 rows of 16
 _PAD = 1  # white pixels between cells
 
@@ -42,9 +44,11 @@ def conv1_kernel_grid(params: dict[str, Any], groups: int, *, scale: int = 4) ->
   kernels = np.asarray(params['conv1']['kernel'], np.float32)
   kernels = kernels.transpose(3, 0, 1, 2)  # HWIO -> [O, H, W, I]
   if kernels.shape[-1] != 3:
-    raise ValueError(f'conv1 has {kernels.shape[-1]} input channels; only RGB kernels can be drawn.')
+    raise errors.InvalidError(f'conv1 has {kernels.shape[-1]} input channels; only RGB kernels can '
+                              'be drawn.')
   if len(kernels) % groups:
-    raise ValueError(f'conv1 has {len(kernels)} kernels, which do not split into {groups} groups.')
+    raise errors.InvalidError(f'conv1 has {len(kernels)} kernels, which do not split into {groups} '
+                              'groups.')
   cells = _stretched(kernels).repeat(scale, axis=1).repeat(scale, axis=2)
   blocks = [_tile(block, min(KERNEL_COLUMNS, len(block))) for block in np.split(cells, groups)]
   gap = np.full((cells.shape[1] // 2, blocks[0].shape[1], 3), 255, np.uint8)

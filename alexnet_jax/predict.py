@@ -13,7 +13,7 @@ folder names, or `class k` where they are unknown).
 """
 
 import functools
-import sys
+import os
 
 from absl import app
 from absl import flags
@@ -23,6 +23,7 @@ import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import runtime
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.data import pixels
@@ -35,14 +36,18 @@ def preprocess(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
   """The eval split's preprocessing of one image file, before normalization and mirrors: uint8
   [S, S, 3], or [5, S, S, 3] with `eval_crops=10`."""
   if config.eval_crops not in (1, 10):
-    raise ValueError(f'eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
+    raise errors.InvalidError(f'eval_crops={config.eval_crops}: use 1 (center) or 10 (§4.1).')
+  if not os.path.isfile(path):
+    raise errors.NotFoundError(f'{path}: cannot be read: no such file.')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only real images need it)
   from alexnet_jax.data import decode  # pylint: disable=g-import-not-at-top
   runtime.hide_gpus_from_tensorflow()
   try:
     image = decode.preprocess_eval(tf.io.read_file(path), config).numpy()
-  except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
-    raise ValueError(f'{path}: cannot be read as an image ({e.message.splitlines()[0]}).') from e
+  except tf.errors.InvalidArgumentError:
+    # TensorFlow's own message is its op's internals ("{{function_node __wrapped__...}}").
+    raise errors.InvalidError(f'{path}: cannot be read as an image: it is not a JPEG, PNG, GIF or '
+                              'BMP file that decodes.') from None
   return image
 
 
@@ -72,12 +77,8 @@ def main(argv: list[str]) -> None:
   if not paths:
     raise app.UsageError('give one or more image files after the flags')
   options = flags.FLAGS
-  try:
-    loaded = workdir_lib.load(options.workdir, options.checkpoint, eval_crops=options.eval_crops)
-    results = predict(loaded, paths)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  loaded = workdir_lib.load(options.workdir, options.checkpoint, eval_crops=options.eval_crops)
+  results = predict(loaded, paths)
   for path, top in zip(paths, results):
     print(path)
     for name, probability in top:

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import cli
 from alexnet_jax import defaults
+from alexnet_jax import errors
 from alexnet_jax import runtime
 from alexnet_jax.data import downsample
 from alexnet_jax.data import fashion_mnist
@@ -60,7 +61,7 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
   prepared ImageNet does not ask for the tar files again.
   """
   if dataset.startswith(folders.PREFIX) or dataset.startswith('synthetic'):
-    raise ValueError(f'{dataset!r} is read as it is; there is nothing to prepare.')
+    raise errors.InvalidError(f'{dataset!r} is read as it is; there is nothing to prepare.')
   runtime.hide_gpus_from_tensorflow()  # preparing needs no accelerator
   builder = tfds.builder(dataset, data_dir=data_dir)
   if builder.is_prepared():
@@ -84,13 +85,14 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
 
 def _check_imagenet_tars(manual_dir: str | None) -> None:
   if not manual_dir:
-    raise ValueError('ImageNet needs --manual_dir=DIR, the folder holding '
-                     f'{" and ".join(IMAGENET_TARS)} (from https://image-net.org/download-images).')
+    raise errors.InvalidError(
+        f'ImageNet needs --manual_dir=DIR, the folder holding {" and ".join(IMAGENET_TARS)} (from '
+        'https://image-net.org/download-images).')
   manual_dir = os.path.expanduser(manual_dir)
   missing = [name for name in IMAGENET_TARS
              if not tf.io.gfile.exists(os.path.join(manual_dir, name))]
   if missing:
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f'{", ".join(missing)} not found in --manual_dir={manual_dir}. Download '
         f'{" and ".join(IMAGENET_TARS)} from https://image-net.org/download-images into that '
         'folder (do not extract them).')

@@ -42,6 +42,7 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alexnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alexnet_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from alexnet_jax import verdicts  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TARGET_TRAIN_ERR = flags.DEFINE_float(
@@ -148,14 +149,14 @@ def read_sweep_file(root: str) -> dict:
 def load_points(root: str) -> list[Point]:
   """The points under `root`: `baseline` first, then in the sweep's order, then by name."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'{root}: no such directory (pass the --workdir of launch.sweep)')
+    raise errors.NotFoundError(f'{root}: no such directory (pass the --workdir of launch.sweep)')
   order = {p['name']: i for i, p in enumerate(read_sweep_file(root).get('points', []))}
   names = sorted((n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n))),
                  key=lambda n: (n != 'baseline', order.get(n, len(order)), n))
   points = [point for point in (_load_point(root, name) for name in names) if point is not None]
   if not points:
-    raise FileNotFoundError(f'{root}: no subdirectory holds a metrics.jsonl; is this the --workdir '
-                            'of a sweep whose points have started?')
+    raise errors.NotFoundError(f'{root}: no subdirectory holds a metrics.jsonl; is this the '
+                               '--workdir of a sweep whose points have started?')
   return points
 
 

@@ -136,13 +136,16 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: AlexNet,
   With 10 crops (five per image in the batch, [B, 10, H, W, 3] once `pixels.model_input` has added
   their mirrors) the softmax predictions of the crops are averaged, as in §4.1 of the
   paper ("averaging the predictions made by the network's softmax layer on the ten patches").
+  The average is taken in log space, log(mean(softmax)) = logsumexp(log_softmax) - log(10): a
+  class whose probability underflows to 0 in every crop keeps a finite log-probability, where the
+  log of the averaged probabilities would make that image's loss, and the eval's, infinite.
   """
   images = pixels.model_input(batch, augment)
   if images.ndim == 5:
     batch_size, crops = images.shape[:2]
     logits = model.apply({'params': params}, images.reshape((-1,) + images.shape[2:]), train=False)
-    probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(batch_size, crops, -1).mean(axis=1)
-    log_probs = jnp.log(probs)
+    crop_log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch_size, crops, -1)
+    log_probs = jax.nn.logsumexp(crop_log_probs, axis=1) - jnp.log(crops)
   else:
     logits = model.apply({'params': params}, images, train=False)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))

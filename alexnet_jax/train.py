@@ -6,8 +6,9 @@ its config: the batch of step s comes from `data.train_batches(start_step=s)`, t
 step s is `fold_in(seed key, s)`, and the learning-rate state is part of the checkpointed optimizer
 state, so a run resumed from the checkpoint of step s continues exactly as an uninterrupted one.
 Around the steps the loop logs progress and metrics (alexnet_jax/metrics.py), evaluates, lowers the
-rate on a plateau (the paper's schedule), stops on a NaN/Inf loss or on SIGTERM/SIGUSR1 after a
-checkpoint, and writes the workdir (alexnet_jax/workdir.py).
+rate on a plateau (the paper's schedule), stops on a NaN/Inf loss or, after a checkpoint, on SIGTERM,
+SIGUSR1 or Ctrl-C (`StopWatcher`), and writes the workdir (alexnet_jax/workdir.py). A resumed run
+replaces the records of the steps it redoes; a finished one returns at once.
 """
 
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import data
+from alexnet_jax import errors
 from alexnet_jax import metrics
 from alexnet_jax import optim
 from alexnet_jax import parallel as parallel_lib
@@ -37,16 +39,23 @@ from alexnet_jax.data import pixels
 from alexnet_jax.data import statistics
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.Error, RuntimeError):
   """The loss or a gradient became NaN or Inf; no checkpoint holds the bad step."""
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGUSR1 arrived; a checkpoint of the current step was written."""
+  """A stop signal arrived and a checkpoint of the current step was written; `exit_code` is the
+  command's: errors.PREEMPTED for SIGTERM/SIGUSR1, errors.INTERRUPTED for Ctrl-C (SIGINT)."""
 
-  def __init__(self, step: int, signal_name: str):
-    super().__init__(f'{signal_name} received: saved a checkpoint at step {step}, exiting to be resumed')
+  def __init__(self, step: int, signal_name: str, exit_code: int):
+    if exit_code == errors.INTERRUPTED:
+      message = (f'{signal_name} received: saved a checkpoint at step {step}; rerun the same command '
+                 'to resume from it')
+    else:
+      message = f'{signal_name} received: saved a checkpoint at step {step}, exiting to be resumed'
+    super().__init__(message)
     self.step = step
+    self.exit_code = exit_code
 
 
 def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
@@ -60,33 +69,60 @@ def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
     yield queue.popleft()
 
 
-class PreemptionWatcher:
-  """Turns SIGTERM and SIGUSR1 (SLURM's warning before its time limit) into a flag the loop checks."""
+class StopWatcher:
+  """Turns the signals that ask a run to stop into a flag the loop checks after each step.
 
-  SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+  SIGTERM and SIGUSR1 (SLURM's warning before its time limit) are a preemption: checkpoint, exit 75,
+  and the job is requeued. SIGINT, a Ctrl-C, does the same but exits 130; a second Ctrl-C stops the
+  process at once (the kernel's default action, even inside a long computation or a checkpoint
+  write), losing the steps since the last checkpoint.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+  PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
   def __init__(self):
-    self.signal_name = None
+    self.signum = 0  # the stop signal received (or agreed on with the other processes), 0: none
+    self.from_peer = False
     self._previous = {}
     for signum in self.SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: will checkpoint and exit at the next step boundary',
-                    self.signal_name)
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next Ctrl-C ends the process at once
+      logging.warning('Ctrl-C received: will checkpoint and exit after this step (Ctrl-C again '
+                      'stops at once, losing the steps since the last checkpoint)')
+    else:
+      logging.warning('%s received: will checkpoint and exit at the next step boundary',
+                      signal.Signals(signum).name)
+    if self.signum not in self.PREEMPTION_SIGNALS:  # a preemption outranks a Ctrl-C
+      self.signum = signum
+
+  @property
+  def signal_name(self) -> str:
+    name = 'Ctrl-C (SIGINT)' if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+    return f"a peer process's {name}" if self.from_peer else name
+
+  @property
+  def exit_code(self) -> int:
+    return errors.INTERRUPTED if self.signum == signal.SIGINT else errors.PREEMPTED
 
   def should_stop(self, step: int, check_all_processes: bool) -> bool:
-    """Whether to stop after `step`. Across processes the flag is combined (at `check_all_processes`
-    steps only, as it costs a collective), so every process stops at the same step."""
+    """Whether to stop after `step`. Across processes the signals are combined (at
+    `check_all_processes` steps only, as it costs a collective), so every process stops at the same
+    step, and with the same exit code: a preemption's if any process got one."""
     if jax.process_count() == 1:
-      return self.signal_name is not None
+      return self.signum != 0
     if not check_all_processes:
       return False
-    flags = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
-    if np.any(flags) and self.signal_name is None:
-      self.signal_name = 'a peer process\'s signal'
-    return bool(np.any(flags))
+    received = [int(s) for s in multihost_utils.process_allgather(np.int32(self.signum)) if s]
+    if received and self.signum == 0:
+      self.from_peer = True
+    if received:
+      preemptions = [s for s in received if s in self.PREEMPTION_SIGNALS]
+      self.signum = preemptions[0] if preemptions else received[0]
+    return bool(received)
 
   def restore(self) -> None:
     for signum, handler in self._previous.items():
@@ -179,11 +215,12 @@ def _dataset_statistics(config: ml_collections.ConfigDict) -> statistics.Statist
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
-  Raises Preempted after checkpointing if SIGTERM or SIGUSR1 arrives (also during startup: from here
-  on they only set a flag), NonFiniteLossError, workdir.CheckpointMismatchError or
-  workdir.CheckpointWriteError.
+  Raises Preempted after checkpointing if SIGTERM, SIGUSR1 or SIGINT arrives (also during startup:
+  from here on they only set a flag), NonFiniteLossError, workdir.CheckpointMismatchError or
+  workdir.CheckpointWriteError. A run whose latest checkpoint is of its last step returns that
+  state without reading any data.
   """
-  watcher = PreemptionWatcher()
+  watcher = StopWatcher()
   try:
     return _train_and_evaluate(config, workdir, watcher)
   finally:
@@ -191,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        watcher: PreemptionWatcher) -> steps.TrainState:
+                        watcher: StopWatcher) -> steps.TrainState:
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   info = data.get_dataset_info(config)
@@ -219,70 +256,98 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_batch_size = config.eval_batch_size if config.eval_batch_size > 0 else config.batch_size
   local_batch_size = config.batch_size // jax.process_count()
   local_eval_batch_size = eval_batch_size // jax.process_count()
+  run_info = {'process_count': jax.process_count(), 'device_count': jax.device_count(),
+              'local_device_count': jax.local_device_count(), 'total_steps': total_steps,
+              'steps_per_epoch': steps_per_epoch, 'finished': False}
 
   model = steps.create_model(config, info.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch, total_steps)
   parallel = parallel_lib.make_parallel(config, model, tx)
   host_state = steps.create_train_state(config, model, tx)
   checkpointer = workdir_lib.Checkpointer(workdir, config.keep_checkpoints,
-                                            timeout_seconds=config.checkpoint_timeout_seconds)
-  if checkpointer.latest_step() is not None:
-    logging.info('resuming from %s, step %d', checkpointer.directory, checkpointer.latest_step())
-    state = parallel.put_state(checkpointer.restore(parallel.abstract_state(host_state)))
-    if parallel.fetch(state.first_nonfinite_step) >= 0 and not config.skip_nonfinite_steps:
-      # Only a run with skip_nonfinite_steps saves after a non-finite step, which it did not apply;
-      # with skipping now off, this run stops at its own first one (the count goes on).
-      logging.info('the checkpoint skipped %d non-finite steps; skipping is off from here',
-                   int(parallel.fetch(state.nonfinite_steps)))
-      state = parallel.put_state(state.replace(first_nonfinite_step=np.int32(-1)))
-  else:
-    if config.init_from:  # start from another run's or converted params; fc8 fresh if it differs
-      host_state = host_state.replace(
-          params=workdir_lib.load_pretrained_params(config.init_from, host_state.params))
-    state = parallel.put_state(host_state)
-  del host_state
-  start_step = int(parallel.fetch(state.step))
-
-  if is_chief:
-    workdir_lib.write_config(workdir, config)
-    run_info = {'process_count': jax.process_count(), 'device_count': jax.device_count(),
-                'local_device_count': jax.local_device_count(), 'total_steps': total_steps,
-                'steps_per_epoch': steps_per_epoch, 'finished': False}
-    workdir_lib.write_run_info(workdir, run_info)
-  writer = metrics.MetricsWriter(workdir, enabled=is_chief)
-  logging.info('training %s on %s: %d steps of %d images (%d steps/epoch), %d devices in %d processes',
-               config.dataset, jax.default_backend(), total_steps, config.batch_size, steps_per_epoch,
-               jax.device_count(), jax.process_count())
-
-  host_batches = data.train_batches(
-      config, start_step=start_step, local_batch_size=local_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  first_batch = next(host_batches)
-  # The crops and flips the network sees (the lighting shift is added on the device).
-  first_images = pixels.flipped(pixels.resize_windows({k: v[:16] for k, v in first_batch.items()},
-                                                      config.image_size))
-  writer.write_image(start_step, 'augmented_inputs', pictures.image_grid(np.asarray(first_images)))
-  batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
-  pending_metrics = []
-  interval_start, interval_first_step = time.time(), start_step
-  reported_skips = int(parallel.fetch(state.nonfinite_steps))
+                                          timeout_seconds=config.checkpoint_timeout_seconds)
+  writer = None
   try:
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      if latest < total_steps:
+        logging.info('resuming from %s, step %d', checkpointer.directory, latest)
+      state = parallel.put_state(checkpointer.restore(parallel.abstract_state(host_state)))
+      if parallel.fetch(state.first_nonfinite_step) >= 0 and not config.skip_nonfinite_steps:
+        # Only a run with skip_nonfinite_steps saves after a non-finite step, which it did not apply;
+        # with skipping now off, this run stops at its own first one (the count goes on).
+        logging.info('the checkpoint skipped %d non-finite steps; skipping is off from here',
+                     int(parallel.fetch(state.nonfinite_steps)))
+        state = parallel.put_state(state.replace(first_nonfinite_step=np.int32(-1)))
+    else:
+      if config.init_from:  # start from another run's or converted params; fc8 fresh if it differs
+        host_state = host_state.replace(
+            params=workdir_lib.load_pretrained_params(config.init_from, host_state.params))
+      state = parallel.put_state(host_state)
+    del host_state
+    start_step = int(parallel.fetch(state.step))
+    if start_step >= total_steps:
+      logging.info('%s finished already: its latest checkpoint is of step %d, and the run has %d '
+                   'steps. Nothing to train; raise config.num_train_steps (or num_epochs) to train '
+                   'on.', workdir, start_step, total_steps)
+      if is_chief and not workdir_lib.read_run_info(workdir).get('finished'):
+        # Stopped after its last checkpoint and before recording that it had finished.
+        workdir_lib.write_run_info(workdir, run_info | {'finished': True})
+      return state
+
+    # The data stream starts before anything is written, so a dataset that cannot give a batch
+    # leaves the workdir as it was.
+    host_batches = data.train_batches(
+        config, start_step=start_step, local_batch_size=local_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    first_batch = next(host_batches)
+
+    if is_chief:
+      changes = workdir_lib.record_config(workdir, config, start_step)
+      if changes:
+        logging.warning('the config differs from the one this workdir was run with; from step %d: '
+                        '%s (recorded in %s)', start_step, workdir_lib.describe_changes(changes),
+                        workdir_lib.CONFIG_CHANGES_FILE)
+      workdir_lib.write_run_info(workdir, run_info)
+    # A resumed run drops the records of the steps after its checkpoint, which it is about to redo.
+    writer = metrics.MetricsWriter(workdir, enabled=is_chief, start_step=start_step)
+    logging.info('training %s on %s: %d steps of %d images (%d steps/epoch), %d devices in %d processes',
+                 config.dataset, jax.default_backend(), total_steps, config.batch_size, steps_per_epoch,
+                 jax.device_count(), jax.process_count())
+
+    # The crops and flips the network sees (the lighting shift is added on the device).
+    first_images = pixels.flipped(pixels.resize_windows({k: v[:16] for k, v in first_batch.items()},
+                                                        config.image_size))
+    writer.write_image(start_step, 'augmented_inputs', pictures.image_grid(np.asarray(first_images)))
+    batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))
+    pending_metrics = []
+    started = time.time()
+    interval_start, interval_first_step = started, start_step
+    reported_skips = int(parallel.fetch(state.nonfinite_steps))
     for step in range(start_step, total_steps):
       state, step_metrics = parallel.train_step(state, next(batches))
       pending_metrics.append(step_metrics)
       done = step + 1
       is_last = done == total_steps
       is_log_step = done % config.log_every_steps == 0 or is_last
+      if step == start_step:
+        # The first step compiles: throughput and the ETA are timed from its end.
+        jax.block_until_ready(step_metrics)
+        interval_start, interval_first_step = time.time(), done
 
       if is_log_step:
-        skipped = check_finite(state, config, parallel, checkpointer)
+        jax.block_until_ready(step_metrics)  # the interval's steps are done: time them
+        if done > interval_first_step:
+          rate = (done - interval_first_step) * config.batch_size / max(time.time() - interval_start,
+                                                                        1e-9)
+        else:  # only the compiling step so far: all there is to time
+          rate = config.batch_size / max(time.time() - started, 1e-9)
+        skipped = check_finite(state, config, parallel, checkpointer)  # compiles at its first call
         if skipped > reported_skips:
           logging.warning('step %d: %d steps with a NaN/Inf loss or gradient skipped so far '
                           '(their updates were not applied)', done, skipped)
           reported_skips = skipped
         fetched = parallel.fetch(pending_metrics)
-        elapsed = time.time() - interval_start
-        rate = (done - interval_first_step) * config.batch_size / max(elapsed, 1e-9)
         summary = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
         summary['learning_rate'] = float(fetched[-1]['learning_rate'])
         writer.write(done, 'train', examples_per_sec=rate, nonfinite_steps=skipped, **summary)
@@ -310,7 +375,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if config.lr_schedule == 'plateau':
           state = _update_plateau(state, results['top1_err'], config, patience_evals, parallel)
         check_finite(state, config, parallel, checkpointer)
-        checkpointer.save_best(done, parallel.state_for_checkpoint(state), results['top1_err'])
+        if checkpointer.is_new_best(results['top1_err']):
+          checkpointer.save_best(done, parallel.state_for_checkpoint(state), results['top1_err'])
         writer.write_image(done, 'conv1_kernels', pictures.conv1_kernel_grid(
             {'conv1': parallel.fetch(state.params['conv1'])}, pictures.kernel_groups(config)),
             split='eval')
@@ -322,13 +388,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.save(done, parallel.state_for_checkpoint(state))
       if stop and not is_last:
         checkpointer.wait()
-        raise Preempted(done, watcher.signal_name)
+        raise Preempted(done, watcher.signal_name, watcher.exit_code)
     checkpointer.wait()
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
     checkpointer.close()
 
   if is_chief:
-    run_info['finished'] = True
-    workdir_lib.write_run_info(workdir, run_info)
+    workdir_lib.write_run_info(workdir, run_info | {'finished': True})
   return state

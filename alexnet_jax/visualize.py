@@ -9,8 +9,6 @@ The pictures themselves are pure functions of alexnet_jax/pictures.py, which the
 sends to TensorBoard.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 import numpy as np
@@ -36,20 +34,16 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {" or ".join(COMMANDS)}')
   options = flags.FLAGS
-  try:
-    if argv[1] == 'kernels':
-      grid = write_kernels(options.workdir, options.out, options.checkpoint, options.scale)
-      print(f'wrote {options.out}: conv1 kernels, {grid.shape[1]}x{grid.shape[0]} pixels')
-    else:
-      found = neighbors.write_neighbors(
-          options.workdir, options.out, options.checkpoint, num_queries=options.num_queries,
-          num_neighbors=options.num_neighbors, num_train=options.num_train,
-          batch_size=options.batch_size)
-      print(f'wrote {options.out}: each row a query image, then its nearest training images')
-      print(neighbors.describe(found, workdir_lib.load_config(options.workdir)))
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  if argv[1] == 'kernels':
+    grid = write_kernels(options.workdir, options.out, options.checkpoint, options.scale)
+    print(f'wrote {options.out}: conv1 kernels, {grid.shape[1]}x{grid.shape[0]} pixels')
+  else:
+    found = neighbors.write_neighbors(
+        options.workdir, options.out, options.checkpoint, num_queries=options.num_queries,
+        num_neighbors=options.num_neighbors, num_train=options.num_train,
+        batch_size=options.batch_size)
+    print(f'wrote {options.out}: each row a query image, then its nearest training images')
+    print(neighbors.describe(found, workdir_lib.load_config(options.workdir)))
 
 
 def _define_flags() -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -188,17 +189,52 @@ class TorchStep:
     self.optimizer.step()
 
 
-def time_interleaved(steppers: dict[str, Callable[[], None]], rounds: int,
-                     steps: int, warmup: int = 2) -> dict[str, list[float]]:
-  """Seconds per step of each stepper; each round runs `steps` of each, one after the other."""
+def time_interleaved(steppers: dict[str, Callable[[], None]], rounds: int, steps: int,
+                     warmup: int = 2, progress: Callable[[int], None] = lambda done: None
+                     ) -> dict[str, list[float]]:
+  """Seconds per step of each stepper; each round runs `steps` of each, one after the other.
+  `progress(rounds_done)` is called after the warmup (0) and after each round."""
   for step in steppers.values():
     for _ in range(warmup):
       step()
+  progress(0)
   times = {name: [] for name in steppers}
-  for _ in range(rounds):
+  for done in range(1, rounds + 1):
     for name, step in steppers.items():
       times[name].extend(_seconds(step) for _ in range(steps))
+    progress(done)
   return times
+
+
+class Progress:
+  """Lines on stderr (stdout is the table) saying where a run is and about how long is left: on 2
+  CPU cores the full-size model with --compare-torch runs for minutes. What is left is estimated
+  from the rounds timed so far, each later row taken to cost what the rows so far did."""
+
+  def __init__(self, rows: int, rounds: int):
+    self.rows, self.rounds, self.row = rows, rounds, 0
+    self.started = self.timing_started = time.monotonic()
+
+  def start_row(self, what: str) -> None:
+    self.row += 1
+    print(f'[{self.row}/{self.rows}] {what}: compiling and warming up', file=sys.stderr, flush=True)
+
+  def __call__(self, rounds_done: int) -> None:
+    if rounds_done == 0:
+      self.timing_started = time.monotonic()
+      return
+    now = time.monotonic()
+    row_left = (now - self.timing_started) / rounds_done * (self.rounds - rounds_done)
+    rows_so_far = now - self.started + row_left  # this one up to its end
+    later_rows = rows_so_far / self.row * (self.rows - self.row)
+    print(f'[{self.row}/{self.rows}] round {rounds_done}/{self.rounds} timed, '
+          f'{_duration(now - self.started)} so far, about {_duration(row_left + later_rows)} left',
+          file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 60}:{seconds % 60:02d}'
 
 
 def summarize(seconds: list[float], batch_size: int, flops_per_image: float,
@@ -258,10 +294,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f'peak matmul ({matmul_size}x{matmul_size}, {dtype}): {peak / 1e9:.1f} GFLOP/s', flush=True)
 
   rows, ratios = [], {}
+  progress = Progress(len(batch_sizes) * len(args.dtypes), args.rounds)
   header = ('framework dtype   batch  compile_s   ms/step  p10-p90 ms  images/s  peak_GiB    MFU')
   print(header, flush=True)
   for batch_size in batch_sizes:
     for dtype in args.dtypes:
+      progress.start_row(f'batch {batch_size}, {dtype}'
+                         + (' (and torch)' if args.compare_torch and dtype == 'float32' else ''))
       config = bench_config(batch_size, dtype, args.width, args.image_size)
       jax_step = JaxStep(config)
       flops = train_flops_per_image(jax_step.model, args.image_size)
@@ -270,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       if args.compare_torch and dtype == 'float32':
         torch_step = TorchStep(batch_size, args.width, args.image_size, args.torch_threads)
         steppers['torch'] = torch_step.step
-      times = time_interleaved(steppers, args.rounds, args.steps)
+      times = time_interleaved(steppers, args.rounds, args.steps, progress=progress)
       memory, memory_source = jax_step.peak_memory()
       row = {'framework': 'jax', 'dtype': dtype, 'batch_size': batch_size,
              'compile_s': jax_step.compile_seconds, 'peak_mem_gib': memory,

@@ -8,12 +8,14 @@ by --coordinator_address (a free port on 127.0.0.1), --num_processes and --proce
 output line is prefixed with its process index. On CPU, --cpu_devices_per_process sets how many
 devices each process simulates; on GPUs, --gpus_per_process hands each process its own GPUs.
 
-SIGINT, SIGTERM, SIGUSR1 and SIGHUP are passed on to every process, once (the train loop checkpoints
-and exits on SIGTERM/SIGUSR1). The processes run in sessions of their own, so a Ctrl-C in the
-terminal reaches them only through this launcher: a second SIGINT would cut short the checkpoint
-write a first one waits for. If one process fails, the others are given 1.5 times the distributed
-runtime's heartbeat timeout (--heartbeat_timeout_seconds after `--`, default 60 s) to fail on their
-own, then killed. The exit status is the first failure's, 128 + N for a process killed by signal N.
+SIGINT, SIGTERM, SIGUSR1 and SIGHUP are passed on to every process, each time once. The processes run
+in sessions of their own, so a Ctrl-C in the terminal reaches each of them exactly once, through this
+launcher: at the first, the train loop's processes agree on a step, checkpoint it and exit 130 (75
+for SIGTERM/SIGUSR1); a second Ctrl-C stops them at once. If one process fails, the others are
+given 1.5 times the distributed runtime's heartbeat timeout (--heartbeat_timeout_seconds after `--`,
+default 60 s) to fail on their own, then killed. The exit status is the first failure's, 128 + N for
+a process killed by signal N. The processes' "[Gloo] Rank ... connected" lines (one per process and
+collective group) are left out unless --verbose is given (it is passed on to the processes too).
 """
 
 import os
@@ -24,8 +26,10 @@ import sys
 import threading
 import time
 
-from absl import app
 from absl import flags
+
+from alexnet_jax import cli
+from alexnet_jax import errors
 
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 2, 'Processes to start.', lower_bound=1)
 _MODULE = flags.DEFINE_string('module', 'alexnet_jax.main', 'Python module each process runs.')
@@ -59,7 +63,7 @@ def _heartbeat_timeout_seconds(program_args: list[str]) -> int:
     elif arg == _HEARTBEAT_FLAG and i + 1 < len(program_args):
       timeout = program_args[i + 1]
   if not timeout.isdigit():
-    raise app.UsageError(f'{_HEARTBEAT_FLAG}={timeout}: expected a whole number of seconds')
+    raise errors.InvalidError(f'{_HEARTBEAT_FLAG}={timeout}: expected a whole number of seconds')
   return int(timeout)
 
 
@@ -82,15 +86,22 @@ def _process_env(process_id: int) -> dict[str, str]:
         str(i) for i in range(_NUM_PROCESSES.value * _GPUS_PER_PROCESS.value)]
     needed = _NUM_PROCESSES.value * _GPUS_PER_PROCESS.value
     if len(gpus) < needed:
-      raise app.UsageError(f'{_NUM_PROCESSES.value} processes x {_GPUS_PER_PROCESS.value} GPUs '
+      raise errors.InvalidError(f'{_NUM_PROCESSES.value} processes x {_GPUS_PER_PROCESS.value} GPUs '
                            f'need {needed} GPUs, but CUDA_VISIBLE_DEVICES lists {len(gpus)}.')
     first = process_id * _GPUS_PER_PROCESS.value
     env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus[first:first + _GPUS_PER_PROCESS.value])
   return env
 
 
-def _relay_output(process_id: int, stream) -> None:
+# Printed by gloo's C++ code as each process joins a collective group: not logging, so the
+# processes cannot hold it back themselves.
+_GLOO_CONNECTED = b'[Gloo] Rank '
+
+
+def _relay_output(process_id: int, stream, verbose: bool) -> None:
   for line in iter(stream.readline, b''):
+    if not verbose and line.startswith(_GLOO_CONNECTED):
+      continue
     sys.stdout.buffer.write(f'[{process_id}] '.encode() + line)
     sys.stdout.buffer.flush()
 
@@ -121,6 +132,9 @@ def _wait_all(processes: list[subprocess.Popen], grace_seconds: float) -> int:
 
 def main(argv: list[str]) -> int:
   program_args = argv[1:]
+  verbose = flags.FLAGS.verbose or '--verbose' in program_args
+  if verbose and '--verbose' not in program_args:
+    program_args.append('--verbose')
   # Survivors of a failure exit within about the heartbeat timeout (alexnet_jax/distributed.py);
   # half as long again is their margin before they are killed.
   grace_seconds = 1.5 * _heartbeat_timeout_seconds(program_args)
@@ -144,7 +158,7 @@ def main(argv: list[str]) -> int:
     processes.append(subprocess.Popen(
         command, env=_process_env(process_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True))
-  relays = [threading.Thread(target=_relay_output, args=(i, p.stdout), daemon=True)
+  relays = [threading.Thread(target=_relay_output, args=(i, p.stdout, verbose), daemon=True)
             for i, p in enumerate(processes)]
   for relay in relays:
     relay.start()
@@ -155,4 +169,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -37,8 +37,10 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app
 from absl import flags
+
+from alexnet_jax import cli
+from alexnet_jax import errors
 
 _CONFIG = flags.DEFINE_string('config', None, 'Base config file, e.g. configs/smoke.py.', required=True)
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().', required=True)
@@ -63,7 +65,7 @@ _TASKS_FILE = 'tasks.json'  # in ROOT/.sweep; see _read_tasks
 
 def _load_module(path: str):
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--sweep={path}: no such file')
+    raise errors.NotFoundError(f'--sweep={path}: no such file')
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -74,15 +76,16 @@ def load_sweep(path: str) -> list[dict]:
   """The points of the sweep file at `path`, checked."""
   module = _load_module(path)
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'{path} must define get_sweep() -> list[dict] of config overrides')
+    raise errors.InvalidError(f'{path} must define get_sweep() -> list[dict] of config overrides')
   points = module.get_sweep()
   if not isinstance(points, list) or not all(
       isinstance(p, dict) and all(isinstance(k, str) for k in p) for p in points):
-    raise ValueError(f'{path}: get_sweep() must return a list of dicts {{"config.key": value}}')
+    raise errors.InvalidError(f'{path}: get_sweep() must return a list of dicts '
+                              '{"config.key": value}')
   names = [point_name(p) for p in points]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f'{path}: points repeated: {duplicates}')
+    raise errors.InvalidError(f'{path}: points repeated: {duplicates}')
   return points
 
 
@@ -325,7 +328,7 @@ def submit_slurm(root: str, runs: list[Run], shared_args: list[str]) -> int:
 def main(argv: list[str]) -> int:
   shared_args = argv[1:]
   if not os.path.isfile(_CONFIG.value):
-    raise app.UsageError(f'--config={_CONFIG.value}: no such file')
+    raise errors.NotFoundError(f'--config={_CONFIG.value}: no such file')
   points = load_sweep(_SWEEP.value)
   claims = load_claims(_SWEEP.value, points)
   root = os.path.abspath(_WORKDIR.value)
@@ -338,4 +341,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

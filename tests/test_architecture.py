@@ -17,7 +17,7 @@ PACKAGE = REPO / 'alexnet_jax'
 # The layers, from the bottom (docs/design.md, "Layers"). A module may import its own layer and the
 # layers below it, never one above; commands are the top layer, and no other module imports them.
 LAYERS = {
-    0: ['defaults', 'runtime'],
+    0: ['defaults', 'runtime', 'errors'],
     1: ['cpu_ops', 'model', 'towers'],
     2: ['data', 'data.info', 'data.synthetic', 'data.folders', 'data.sources', 'data.stream',
         'data.geometry', 'data.draws', 'data.decode', 'data.pipeline', 'data.pixels',

@@ -31,7 +31,14 @@ def test_tiny_run_against_torch_prints_table_json_and_ratio_last(tmp_path, capsy
   step_bench.run(step_bench.parse_args([
       '--width=0.125', '--image_size=67', '--batch_sizes=4', '--dtypes=float32', '--steps=1',
       '--rounds=2', '--matmul_size=256', '--compare-torch', f'--json_out={out}']))
-  lines = capsys.readouterr().out.strip().splitlines()
+  output = capsys.readouterr()
+  lines = output.out.strip().splitlines()
+  # Progress on stderr: the full-size run takes minutes on a small CPU and said nothing meanwhile.
+  progress = output.err.strip().splitlines()
+  assert progress[0] == '[1/1] batch 4, float32 (and torch): compiling and warming up'
+  assert [re.sub(r'\d+:\d\d', 'M:SS', line) for line in progress[1:]] == [
+      f'[1/1] round {k}/2 timed, M:SS so far, about M:SS left' for k in (1, 2)]
+  assert progress[-1].endswith('about 0:00 left')
 
   assert lines[0].startswith('machine: backend=cpu')
   assert re.fullmatch(r'peak matmul \(256x256, float32\): [\d.]+ GFLOP/s', lines[1])

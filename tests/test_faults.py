@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from alexnet_jax import errors
 from alexnet_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,6 @@ RUN_FLAGS = (
     f'--config.num_train_steps={TOTAL_STEPS}', '--config.log_every_steps=2',
     '--config.eval_every_steps=8', f'--config.checkpoint_every_steps={CHECKPOINT_EVERY}')
 TMP_MARKER = '.orbax-checkpoint-tmp'  # Orbax's name for a checkpoint still being written
-PREEMPTED_EXIT_CODE = 75  # alexnet_jax.main.PREEMPTED_EXIT_CODE (importing main would define its flags)
 
 
 @pytest.fixture(scope='module')
@@ -152,10 +152,11 @@ def assert_bitwise_equal(a, b):
   assert not different, f'differ: {different}'
 
 
-def eval_rows(workdir) -> list[tuple]:
+def metrics_rows(workdir) -> list[tuple]:
+  """(step, split, loss, top-1 error) of each record of metrics.jsonl, in order."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  return [(r['step'], r['loss'], r['top1_err'], r['top5_err']) for r in rows if r['split'] == 'eval']
+  return [(r['step'], r['split'], r['loss'], r['top1_err']) for r in rows]
 
 
 @pytest.fixture(scope='module')
@@ -173,16 +174,18 @@ def copy_of(reference, tmp_path):
 
 
 def assert_matches_reference(workdir, reference):
-  """Same final train state, bit for bit, and every eval row equal to the reference's at its step
-  (a run restarted from an earlier checkpoint evaluates some steps twice, identically)."""
+  """Same final train state, bit for bit, and the same records in metrics.jsonl: a run restarted
+  from an earlier checkpoint replaces the records of the steps it redoes, so the file is one
+  history."""
   step, state = restore(workdir)
   reference_step, reference_state = restore(reference)
   assert step == reference_step == TOTAL_STEPS
   assert_bitwise_equal(state, reference_state)
-  expected = {row[0]: row for row in eval_rows(reference)}
-  rows = eval_rows(workdir)
-  assert {row[0] for row in rows} == set(expected)
-  assert all(row == expected[row[0]] for row in rows)
+  rows, expected = metrics_rows(workdir), metrics_rows(reference)
+  assert [row[:2] for row in rows] == [row[:2] for row in expected]  # each record once, in order
+  # (A training record averages the steps since the previous one: after a resume between log
+  # steps it averages fewer, so only the evals are compared number for number.)
+  assert [row for row in rows if row[1] == 'eval'] == [row for row in expected if row[1] == 'eval']
 
 
 def test_kill_9_at_any_moment_then_rerun_gives_the_uninterrupted_result(tmp_path, run_env, reference):
@@ -229,7 +232,7 @@ def test_sigterm_and_sigusr1_checkpoint_the_current_step_and_exit_75(tmp_path, r
   run = Run(workdir, run_env)
   run.wait_for(lambda: last_train_step(workdir) >= 6, 'step 6')
   run.kill(signal.SIGTERM)
-  assert run.wait() == PREEMPTED_EXIT_CODE, run.log()[-3000:]
+  assert run.wait() == errors.PREEMPTED, run.log()[-3000:]
   saved = int(re.search(r'SIGTERM received: saved a checkpoint at step (\d+)', run.log()).group(1))
   assert 6 <= saved < TOTAL_STEPS
   assert checkpoint_manager(workdir).latest_step() == saved
@@ -239,12 +242,68 @@ def test_sigterm_and_sigusr1_checkpoint_the_current_step_and_exit_75(tmp_path, r
   run = Run(workdir, run_env)
   run.wait_for(lambda: 'resuming from' in run.log(), 'the restore')
   run.kill(signal.SIGUSR1)
-  assert run.wait() == PREEMPTED_EXIT_CODE, run.log()[-3000:]
+  assert run.wait() == errors.PREEMPTED, run.log()[-3000:]
   assert f'SIGUSR1 received: saved a checkpoint at step {saved + 1}' in run.log()
   assert checkpoint_manager(workdir).latest_step() == saved + 1
 
   Run(workdir, run_env).finish()
   assert_matches_reference(workdir, reference)
+
+
+def test_ctrl_c_checkpoints_the_current_step_and_exits_130_and_a_second_stops_at_once(
+    tmp_path, run_env, reference):
+  workdir = str(tmp_path / 'run')
+  # Ctrl-C mid-run saves the step it lands after, as SIGTERM does, and says how to resume. It was
+  # a KeyboardInterrupt: no checkpoint, every step since the last one lost.
+  run = Run(workdir, run_env)
+  run.wait_for(lambda: last_train_step(workdir) >= 6, 'step 6')
+  run.kill(signal.SIGINT)
+  assert run.wait() == errors.INTERRUPTED, run.log()[-3000:]
+  saved = int(re.search(r'Ctrl-C \(SIGINT\) received: saved a checkpoint at step (\d+); rerun the '
+                        r'same command to resume from it', run.log()).group(1))
+  assert 6 <= saved < TOTAL_STEPS
+  assert checkpoint_manager(workdir).latest_step() == saved
+
+  # Two while the rerun starts up: the second stops it at once, before any step or save.
+  run = Run(workdir, run_env)
+  run.wait_for(lambda: 'resuming from' in run.log(), 'the restore')
+  run.kill(signal.SIGINT)
+  run.wait_for(lambda: 'Ctrl-C received' in run.log(), 'the first Ctrl-C to be seen')
+  run.kill(signal.SIGINT)
+  assert run.wait() == -signal.SIGINT, run.log()[-3000:]
+  assert 'saved a checkpoint' not in run.log()
+  assert checkpoint_manager(workdir).latest_step() == saved
+
+  Run(workdir, run_env).finish()
+  assert_matches_reference(workdir, reference)
+
+
+def test_ctrl_c_to_launch_local_stops_both_processes_at_one_checkpoint(tmp_path, run_env):
+  # A terminal's Ctrl-C reaches the launcher's process group; the launcher passes it to each
+  # process once, and they agree on the step they save, as for SIGTERM.
+  workdir = str(tmp_path / 'run')
+  with open(tmp_path / 'launcher.log', 'w') as log:
+    launcher = subprocess.Popen(
+        [sys.executable, '-m', 'launch.local', '--num_processes=2', '--cpu_devices_per_process=1',
+         '--', *RUN_FLAGS, f'--workdir={workdir}'],
+        cwd=REPO, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 300
+    while last_train_step(workdir) < 6:
+      assert launcher.poll() is None, (tmp_path / 'launcher.log').read_text()[-3000:]
+      assert time.monotonic() < deadline, 'timed out waiting for step 6'
+      time.sleep(0.01)
+    os.killpg(launcher.pid, signal.SIGINT)
+    assert launcher.wait(timeout=300) == errors.INTERRUPTED
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+  output = (tmp_path / 'launcher.log').read_text()
+  saved = {int(step) for step in re.findall(r'\[[01]\] .*received: saved a checkpoint at step (\d+)',
+                                            output)}
+  assert len(saved) == 1 and len(re.findall(r'saved a checkpoint at step', output)) == 2, output
+  assert checkpoint_manager(workdir).latest_step() == saved.pop()
+  assert '[Gloo]' not in output  # the processes' gloo chatter, left out without --verbose
 
 
 def test_two_processes_agree_on_the_step_they_save_when_one_is_signalled(tmp_path, run_env):
@@ -259,11 +318,11 @@ def test_two_processes_agree_on_the_step_they_save_when_one_is_signalled(tmp_pat
               f'--process_id={index}') for index in range(2)]
   runs[0].wait_for(lambda: last_train_step(workdir) >= 6, 'step 6')
   runs[1].kill(signal.SIGTERM)
-  assert [run.wait() for run in runs] == [PREEMPTED_EXIT_CODE] * 2, runs[0].log()[-3000:]
+  assert [run.wait() for run in runs] == [errors.PREEMPTED] * 2, runs[0].log()[-3000:]
   saved = [int(re.search(r'received: saved a checkpoint at step (\d+)', run.log()).group(1))
            for run in runs]
   assert saved[0] == saved[1] and saved[0] % 2 == 0 and 6 <= saved[0] < TOTAL_STEPS
-  assert "a peer process's signal received" in runs[0].log()
+  assert "a peer process's SIGTERM received" in runs[0].log()
   assert checkpoint_manager(workdir).latest_step() == saved[0]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import defaults
+from alexnet_jax import errors
 from alexnet_jax.data import folders
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import pixels
@@ -45,6 +46,27 @@ def test_validation_reads_test_folder_when_there_is_no_val(tmp_path):
   config = _config(root, eval_split='val', dataset=f'folder:{tmp_path / "nowhere"}')
   with pytest.raises(FileNotFoundError, match='no folder for split'):
     sources.get_dataset_info(config)
+
+
+def test_a_class_without_images_in_a_split_is_refused_naming_its_folder(tmp_path):
+  # Before, both were accepted: a 3-way head trained with a class it never sees, or is never
+  # tested on.
+  root = input_images.write_folder_dataset(str(tmp_path / 'empty_train_class'), classes=3,
+                                           train_per_class=2, val_per_class=1)
+  for image in Path(root, 'train', 'class_1').iterdir():
+    image.unlink()
+  with pytest.raises(errors.InvalidError, match=r"1 of the 3 classes have no decodable image in "
+                     rf"split 'train': {Path(root, 'train', 'class_1')}\. Every class needs"):
+    sources.get_dataset_info(_config(root))
+
+  root = input_images.write_folder_dataset(str(tmp_path / 'class_missing_in_val'), classes=3,
+                                           train_per_class=2, val_per_class=1)
+  for image in Path(root, 'val', 'class_2').iterdir():
+    image.unlink()
+  Path(root, 'val', 'class_2').rmdir()
+  with pytest.raises(errors.InvalidError,
+                     match=rf"split 'validation': {Path(root, 'val', 'class_2')}\."):
+    sources.get_dataset_info(_config(root))
 
 
 def test_batches_hold_every_class_as_uint8_pixels(folder):

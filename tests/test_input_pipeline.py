@@ -445,11 +445,6 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
     sources.get_dataset_info(config)
 
 
-def test_tensorflow_sees_no_gpu():
-  # Importing the pipeline hides every GPU from TensorFlow (meaningful on a GPU machine).
-  assert tf.config.get_visible_devices('GPU') == []
-
-
 # A script that keeps a training stream of the mock imagenet2012 in a global and exits: the stream
 # is reading its next window (several record files, in threads) when the interpreter starts to exit.
 _STREAM_ALIVE_AT_EXIT = textwrap.dedent("""

@@ -1,7 +1,9 @@
 """launch/slurm/train.sbatch on a real one-node SLURM cluster (127.0.0.1), submitted with sbatch.
 
-The cluster comes from .ci/setup_slurm.sh (run by .ci/run; run it by hand, as root, to try these
-tests locally). Without it these tests fail, saying so: they are part of CI, not optional.
+The cluster comes from .ci/setup_slurm.sh: `slurm_cluster` runs it when no cluster is up and it can
+(as root, with slurm-wlm and munge installed), and otherwise skips these tests saying why. Under
+CI (CI=true, where .ci/run starts the cluster first) a missing cluster fails them instead: there
+they are required.
 """
 
 import datetime
@@ -19,24 +21,50 @@ from test_distributed import REPO, env_with_cpu_devices, restore_latest, tiny_co
 
 pytestmark = pytest.mark.slow
 
-_SETUP_HINT = 'start the test cluster first: `sudo bash .ci/setup_slurm.sh` (installs slurm-wlm + munge)'
+_SETUP_HINT = 'start it with `sudo bash .ci/setup_slurm.sh` (it installs slurm-wlm and munge)'
 _TOTAL_STEPS = 60
+_DAEMONS = ('slurmctld', 'slurmd', 'munged', 'sbatch')
+
+
+def _node_state() -> tuple[bool, str]:
+  """(whether a node takes jobs, what sinfo said). A node still completing an earlier job
+  ('comp') gets a minute to become usable."""
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      state = subprocess.run(['sinfo', '--noheader', '--format=%t'], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+      return False, str(e)
+    said = f'{state.stdout.strip()} {state.stderr.strip()}'.strip()
+    if state.returncode == 0 and re.search(r'idle|mix|alloc', state.stdout):
+      return True, said
+    if state.returncode != 0 or 'comp' not in state.stdout or time.monotonic() > deadline:
+      return False, said
+    time.sleep(1)
 
 
 @pytest.fixture(scope='module')
 def slurm_cluster():
-  if shutil.which('sbatch') is None:
-    pytest.fail(f'sbatch not found: {_SETUP_HINT}')
-  # A node still completing an earlier job ('comp') is up: give it a minute to become usable.
-  deadline = time.monotonic() + 60
-  while True:
-    state = subprocess.run(['sinfo', '--noheader', '--format=%t'], capture_output=True, text=True)
-    if state.returncode == 0 and re.search(r'idle|mix|alloc', state.stdout):
+  up, said = _node_state() if shutil.which('sinfo') else (False, 'sinfo not found')
+  if up:
+    return
+  missing = [name for name in _DAEMONS if shutil.which(name) is None]
+  if os.geteuid() == 0 and not missing:
+    setup = subprocess.run(['bash', '.ci/setup_slurm.sh'], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    up, said = _node_state()
+    if up:
       return
-    if state.returncode != 0 or 'comp' not in state.stdout or time.monotonic() > deadline:
-      pytest.fail(f'no SLURM node is up ({state.stdout.strip()} {state.stderr.strip()}): '
-                  f'{_SETUP_HINT}')
-    time.sleep(1)
+    problem = (f'no SLURM node is up, and .ci/setup_slurm.sh could not start one (exit '
+               f'{setup.returncode}): {(setup.stdout + setup.stderr)[-1500:]}')
+  elif missing:
+    problem = f'no SLURM cluster here ({", ".join(missing)} not installed): {_SETUP_HINT}'
+  else:
+    problem = f'no SLURM node is up ({said}) and only root can start one: {_SETUP_HINT}'
+  if os.environ.get('CI') == 'true':
+    pytest.fail(problem)
+  pytest.skip(problem)
 
 
 def _job_field(job_id: str, field: str) -> str:
@@ -116,3 +144,17 @@ def test_two_task_job_trains_is_requeued_near_its_time_limit_and_resumes(slurm_c
   step, params = restore_latest(workdir, tiny_config(num_train_steps=_TOTAL_STEPS))
   assert step == _TOTAL_STEPS
   assert set(params) >= {'conv1', 'fc8'}
+
+
+def test_without_a_cluster_these_tests_skip_saying_why_except_under_ci(tmp_path):
+  # No SLURM command on the PATH: a fresh machine. The README's test command passes there (the
+  # tests skip, naming the fix); under CI the same is a failure.
+  selected = (f'{os.path.abspath(__file__)}::'
+              'test_two_task_job_trains_is_requeued_near_its_time_limit_and_resumes')
+  for ci, exit_code, outcome in (('', 0, '1 skipped'), ('true', 1, '1 error')):
+    env = dict(os.environ, PATH=str(tmp_path), CI=ci)
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider',
+                             selected], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == exit_code and outcome in result.stdout, result.stdout[-3000:]
+    assert 'not installed): start it with `sudo bash .ci/setup_slurm.sh`' in result.stdout

@@ -1,6 +1,7 @@
 """launch/sweep.py: points, their workdirs, skipping finished points and resuming the others, both on
 this machine and as a SLURM job array."""
 
+import functools
 import json
 import os
 import re
@@ -10,23 +11,30 @@ import time
 
 import pytest
 
+from alexnet_jax import config_validation
+from alexnet_jax import defaults
 from launch import sweep
 from test_distributed import REPO, TINY_RUN, env_with_cpu_devices
 from test_slurm import slurm_cluster  # pylint: disable=unused-import  (a fixture)
 
 
-def test_ablation_sweep_holds_the_papers_claims():
+def test_each_ablation_point_is_a_valid_config_that_turns_off_one_of_the_papers_choices():
+  # Each point applied, as launch.sweep applies it, to the paper's recipe: a key the config lacks,
+  # a value the config check refuses, or an override equal to the recipe's own value would each
+  # make that point of the ablation say nothing.
   path = os.path.join(REPO, 'configs/sweeps/ablations.py')
   points = sweep.load_sweep(path)
-  names = [sweep.point_name(p) for p in points]
-  assert names[0] == 'baseline' and len(set(names)) == len(names) == 8
-  changed = {key: value for point in points for key, value in point.items()}
-  assert changed == {
-      'model.activation': 'tanh', 'model.lrn': False, 'model.overlapping_pool': False,
-      'model.dropout_rate': 0.0, 'model.groups': 1, 'augment.random_crop': False,
-      'augment.flip': False, 'augment.pca_lighting': 0.0, 'model.remove_conv': 4}
+  assert points[0] == {} and len(points) == 8
+  paper = defaults.get_config()
+  for point in points[1:]:
+    config = paper.copy_and_resolve_references()
+    config.update_from_flattened_dict(point)  # a KeyError for a key the config lacks
+    config_validation.validate(config)
+    unchanged = [key for key, value in point.items()
+                 if functools.reduce(getattr, key.split('.'), paper) == value]
+    assert not unchanged, f'{point}: {unchanged} already the recipe\'s value'
   claims = sweep.load_claims(path, points)  # each names a point of the sweep
-  assert {sweep.point_name(c['point']) for c in claims} == set(names[1:])
+  assert {sweep.point_name(c['point']) for c in claims} == {sweep.point_name(p) for p in points[1:]}
   assert [c['measure'] for c in claims if c['point'] == {'model.activation': 'tanh'}] == [
       'steps_to_train_err']
 
@@ -116,7 +124,8 @@ def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, 
   with open(tanh / 'sweep_point.json') as f:
     assert json.load(f)['overrides'] == {'model.activation': 'tanh'}
 
-  # An interrupted point: the SLURM array holds only it, and it resumes from its checkpoint.
+  # A point stopped after its last checkpoint, before its run_info said finished: the SLURM array
+  # holds only it, and it finds its last step saved and records that it finished.
   with open(baseline / 'run_info.json') as f:
     run_info = json.load(f)
   (baseline / 'run_info.json').write_text(json.dumps({**run_info, 'finished': False}))
@@ -133,7 +142,7 @@ def test_sweep_runs_points_skips_finished_and_resumes_unfinished(slurm_cluster, 
     assert time.monotonic() < deadline, f'job array {job_id} still running after 600 s'
     time.sleep(1)
   job_log = (root / 'logs' / f'{job_id}_0.log').read_text()
-  assert f'resuming from {baseline}/checkpoints, step 2' in job_log, job_log[-3000:]
+  assert f'{baseline} finished already: its latest checkpoint is of step 2' in job_log, job_log[-3000:]
   assert _finished(baseline)
 
   output = _sweep(root, sweep_file, 'local').stdout

@@ -1,7 +1,9 @@
 """The train step, its two parallel wrappers, evaluation, resume and the loop (8 CPU devices)."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
+from tensorboard.backend.event_processing import event_accumulator
 
 from alexnet_jax import data, optim, steps, train
 from alexnet_jax import parallel as parallel_lib
@@ -174,6 +178,19 @@ def test_eval_on_an_odd_sized_set_counts_every_example_once():
   assert results['top1_err'] == pytest.approx(expected_top1)
 
 
+def _eval_sums(params, batch, model, config):
+  """steps.eval_step over the 8 devices, as training runs it."""
+  return jax.jit(jax.shard_map(
+      lambda b: steps.eval_step(params, b, model=model, augment=config.augment),
+      mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
+      in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
+
+
+def _ten_crops(batch):
+  """The five crops of each image in `batch` and their mirrors, as the device makes them."""
+  return np.concatenate([batch['image'], batch['image'][:, :, :, ::-1]], axis=1)
+
+
 def test_ten_crop_eval_averages_softmax_predictions():
   config = tiny_config(eval_crops=10, synthetic_eval_examples=8)
   info = data.get_dataset_info(config)
@@ -183,16 +200,35 @@ def test_ten_crop_eval_averages_softmax_predictions():
   crops = np.array(batch['image'])
   crops[:, 1:] += np.random.default_rng(0).normal(size=crops[:, 1:].shape).astype(np.float32)
   batch = dict(batch, image=crops)
-  sums = jax.jit(jax.shard_map(
-      lambda b: steps.eval_step(params, b, model=model, augment=config.augment),
-      mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)),
-      in_specs=jax.sharding.PartitionSpec('data'), out_specs=jax.sharding.PartitionSpec()))(batch)
-  ten = np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)  # the five and their mirrors
+  sums = _eval_sums(params, batch, model, config)
+  ten = _ten_crops(batch)
   probs = jax.nn.softmax(model.apply({'params': params}, ten.reshape((-1,) + ten.shape[2:])))
   mean_probs = np.asarray(probs).reshape(8, 10, -1).mean(1)
   expected_loss = -np.log(mean_probs[np.arange(8), batch['label']]).sum()
   assert float(sums['count']) == 8
   assert float(sums['loss']) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_ten_crop_eval_loss_stays_finite_when_a_probability_underflows_in_every_crop():
+  # fc8 scaled up: logits thousands apart, so some labels' softmax is 0 in float32 in all ten crops.
+  config = tiny_config(eval_crops=10, synthetic_eval_examples=8)
+  model = steps.create_model(config, data.get_dataset_info(config).num_classes)
+  params = steps.create_train_state(config, model, optax.sgd(0.1)).params
+  params['fc8']['kernel'] = params['fc8']['kernel'] * 1e4
+  batch = next(data.eval_batches(config, local_batch_size=8, process_index=0, process_count=1))
+  ten = _ten_crops(batch)
+  logits = np.asarray(model.apply({'params': params}, ten.reshape((-1,) + ten.shape[2:])),
+                      np.float64).reshape(8, 10, -1)
+  true_label = (np.arange(8), slice(None), batch['label'])
+  float32_probs = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
+  assert (float32_probs[true_label] == 0).all(axis=1).any()  # the case this test is about
+  # log(mean over crops of softmax), in float64, where those probabilities are not 0.
+  log_probs = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+  mean_log_probs = scipy.special.logsumexp(log_probs, axis=1) - np.log(10)
+  expected_loss = -mean_log_probs[np.arange(8), batch['label']].sum()
+  loss = float(_eval_sums(params, batch, model, config)['loss'])
+  assert np.isfinite(loss)  # was inf: log(mean(softmax)) of a 0 probability
+  assert loss == pytest.approx(expected_loss, rel=1e-4)
 
 
 def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
@@ -218,16 +254,87 @@ def test_training_learns_on_eight_devices_and_writes_its_records(tmp_path):
   assert workdir_lib.Checkpointer(str(tmp_path), 3).latest_step() == 64
 
 
-def test_plateau_divides_the_rate_when_eval_error_stops_improving(tmp_path):
+def test_plateau_divides_the_rate_when_eval_error_stops_improving(tmp_path, monkeypatch):
   # A learning rate so small nothing improves: every eval after the first is a plateau.
   config = tiny_config(lr_schedule='plateau', learning_rate=1e-9, num_train_steps=8,
                        eval_every_steps=2, log_every_steps=2, plateau_patience_epochs=0.1,
                        plateau_max_reductions=2)
+  best_writes = []
+  save_best = workdir_lib.Checkpointer.save_best
+  monkeypatch.setattr(workdir_lib.Checkpointer, 'save_best',
+                      lambda self, step, *args: best_writes.append(step) or save_best(self, step,
+                                                                                     *args))
   train.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  eval_rates = [r['learning_rate'] for r in records if r['split'] == 'eval']
+  eval_rows = [r for r in records if r['split'] == 'eval']
   # Rates as the eval saw them, before that eval's own plateau decision.
-  assert eval_rates == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11])
+  assert [r['learning_rate'] for r in eval_rows] == pytest.approx([1e-9, 1e-9, 1e-10, 1e-11])
+  # The best checkpoint, the whole train state, is written only when the error improves: once,
+  # at the first eval (it was written at every eval, then the worse one deleted).
+  assert len({r['top1_err'] for r in eval_rows}) == 1
+  assert best_writes == [2] and os.listdir(tmp_path / 'checkpoints_best') == ['2']
+
+
+def _records(workdir) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+def _tensorboard_steps(workdir, run: str, tag: str) -> list[int]:
+  """The steps of `tag` as TensorBoard shows them, read with its own event reader."""
+  accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard', run))
+  accumulator.Reload()
+  return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_a_resumed_run_replaces_the_records_of_the_steps_it_redoes(tmp_path):
+  config = tiny_config(num_train_steps=8, log_every_steps=2, eval_every_steps=4,
+                       checkpoint_every_steps=4, lr_schedule='constant')
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  straight = _records(workdir)
+  # A run killed after it logged step 8 but before checkpoint 8 was complete: the rerun resumes
+  # from step 4 and logs steps 6 and 8 again. They were in metrics.jsonl and TensorBoard twice.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))
+  train.train_and_evaluate(config, workdir)
+  resumed = _records(workdir)
+  assert [(r['step'], r['split'], r['loss']) for r in resumed] == [
+      (r['step'], r['split'], r['loss']) for r in straight]
+  assert _tensorboard_steps(workdir, 'train', 'loss') == [2, 4, 6, 8]
+  assert _tensorboard_steps(workdir, 'eval', 'top1_err') == [4, 8]
+  # Throughput is timed from the end of the first step, which compiles: the first record's is not
+  # orders of magnitude below the others' (it was: 8 img/s against 600).
+  rates = [r['examples_per_sec'] for r in straight if r['split'] == 'train']
+  assert rates[0] > 0.1 * np.median(rates[1:])
+
+
+def test_a_rerun_with_a_changed_key_records_what_changed_and_from_which_step(tmp_path, caplog,
+                                                                            monkeypatch):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(num_train_steps=2, log_every_steps=2), workdir)
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(tiny_config(num_train_steps=4, log_every_steps=2,
+                                         learning_rate=0.02), workdir)
+  with open(os.path.join(workdir, workdir_lib.CONFIG_CHANGES_FILE), encoding='utf-8') as f:
+    [change] = [json.loads(line) for line in f]
+  assert change['step'] == 2
+  assert change['changes'] == {'learning_rate': [0.01, 0.02], 'num_train_steps': [2, 4]}
+  assert 'from step 2: learning_rate 0.01 -> 0.02, num_train_steps 2 -> 4' in caplog.text
+  assert workdir_lib.load_config(workdir).learning_rate == 0.02
+
+  # Rerunning a finished run trains nothing, starts no data stream and writes nothing.
+  before = sorted(str(p) for p in tmp_path.rglob('*'))
+
+  def no_data(*args, **kwargs):
+    raise AssertionError('a finished run started its data stream')
+
+  monkeypatch.setattr(data, 'train_batches', no_data)
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(tiny_config(num_train_steps=4, log_every_steps=2,
+                                                 learning_rate=0.02), workdir)
+  assert int(jax.device_get(state.step)) == 4
+  assert 'finished already: its latest checkpoint is of step 4' in caplog.text
+  assert sorted(str(p) for p in tmp_path.rglob('*')) == before
 
 
 def _main(workdir, *overrides, check=True):

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import errors
 from alexnet_jax.data import decode
 from alexnet_jax.data import sources
 
@@ -122,8 +123,8 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   record = _read_record(out_dir)
   for split in splits:
     if split not in _SPLIT_DIRS:
-      raise ValueError(f'Cannot downsample split {split!r}: whole splits only, one of '
-                       f'{sorted(_SPLIT_DIRS)}.')
+      raise errors.InvalidError(f'Cannot downsample split {split!r}: whole splits only, one of '
+                                f'{sorted(_SPLIT_DIRS)}.')
     split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
     made = record.get(_SPLIT_DIRS[split])
     settings = _settings(config, split, shorter_side, quality)
@@ -131,11 +132,11 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
       if not (os.path.isdir(directory) and os.listdir(directory)):
         continue
       if made is None:
-        raise FileExistsError(f'{directory} is not empty: remove it, or downsample to another '
-                              'folder.')
+        raise errors.ExistsError(f'{directory} is not empty: remove it, or downsample to another '
+                                 'folder.')
       if made['settings'] != settings:
-        raise FileExistsError(f'{directory} holds a copy made with {made["settings"]}, not '
-                              f'{settings}: remove it, or downsample to another folder.')
+        raise errors.ExistsError(f'{directory} holds a copy made with {made["settings"]}, not '
+                                 f'{settings}: remove it, or downsample to another folder.')
   folders = class_dirs(sources.class_names(config))
   counts = {}
   for split in splits:

@@ -20,6 +20,8 @@ import struct
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
+from alexnet_jax import errors
+
 NAME = 'fashion_mnist'
 # The four files, as the dataset's site names them; each may also be gzipped (NAME.gz).
 FILES = {
@@ -32,7 +34,7 @@ _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049  # idx headers: uint8 data, 3 and 1 di
 _IMAGE_SIDE = 28
 
 
-class IdxFileError(ValueError):
+class IdxFileError(errors.InvalidError):
   """An idx file is missing, is not an idx file of the expected kind, or disagrees with its pair."""
 
 

@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax import errors
 from alexnet_jax import runtime
 
 PREFIX = 'folder:'
@@ -47,7 +48,7 @@ def split_dir(root: str, split: str) -> str:
   for name in names:
     if os.path.isdir(os.path.join(root, name)):
       return os.path.join(root, name)
-  raise FileNotFoundError(
+  raise errors.NotFoundError(
       f'Folder dataset {root}: no folder for split {split!r}; looked for '
       f'{", ".join(os.path.join(root, n) for n in names)}. '
       'Expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or test/).')
@@ -59,7 +60,7 @@ def class_names(root: str) -> tuple[str, ...]:
   train_dir = split_dir(root, 'train')
   classes = tuple(sorted(e.name for e in os.scandir(train_dir) if e.is_dir()))
   if not classes:
-    raise FileNotFoundError(f'Folder dataset {root}: {train_dir} has no class folders.')
+    raise errors.NotFoundError(f'Folder dataset {root}: {train_dir} has no class folders.')
   return classes
 
 
@@ -68,8 +69,10 @@ def _list_images(directory: str, classes: Sequence[str]) -> tuple[list[str], lis
   paths, labels = [], []
   for name in sorted(e.name for e in os.scandir(directory) if e.is_dir()):
     if name not in class_index:
-      raise ValueError(f'{os.path.join(directory, name)} is not a class of the training split '
-                       f'({len(classes)} classes in {os.path.dirname(directory)}/train).')
+      raise errors.InvalidError(
+          f'{os.path.join(directory, name)} is not a class of the training split '
+          f'({len(classes)} classes in {os.path.dirname(directory)}/train): remove it, or add the '
+          'class to train/ too.')
     for folder, _, files in sorted(os.walk(os.path.join(directory, name))):
       for file in sorted(files):
         if file.lower().endswith(IMAGE_EXTENSIONS):
@@ -164,20 +167,37 @@ def _remembered_undecodable(directory: str, paths: Sequence[str]) -> list[int]:
 
 @functools.lru_cache(maxsize=None)
 def images(root: str, split: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal."""
+  """(paths, labels) of the decodable images of a split, sorted; undecodable ones logged or fatal.
+
+  Every class must keep an image: a class without any in one split would give the model an output
+  it never learns (train/) or never tested (the eval split), so it is an error naming its folder.
+  """
   runtime.hide_gpus_from_tensorflow()
   directory = split_dir(root, split)
-  paths, labels = _list_images(directory, class_names(root))
+  classes = class_names(root)
+  paths, labels = _list_images(directory, classes)
   if not paths:
-    raise FileNotFoundError(f'Folder dataset {root}: no {"/".join(IMAGE_EXTENSIONS)} images in '
-                            f'{directory}/<class>/.')
+    raise errors.NotFoundError(f'Folder dataset {root}: no {"/".join(IMAGE_EXTENSIONS)} images in '
+                               f'{directory}/<class>/.')
   bad = _remembered_undecodable(directory, paths)
   if bad:
     names = '\n  '.join(paths[i] for i in bad)
     if strict:
-      raise ValueError(f'{len(bad)} image(s) in {directory} cannot be decoded:\n  {names}\n'
-                       'Remove or fix them, or set config.strict_data=False to skip them.')
+      logging.error('%d undecodable image(s) in %s:\n  %s', len(bad), directory, names)
+      shown = ', '.join(paths[i] for i in bad[:5]) + (f' and {len(bad) - 5} more (all in the log)'
+                                                      if len(bad) > 5 else '')
+      raise errors.InvalidError(f'{len(bad)} image(s) in {directory} cannot be decoded: {shown}. '
+                                'Remove or fix them, or set config.strict_data=False to skip them.')
     logging.warning('Skipping %d undecodable image(s) in %s (config.strict_data=True makes this '
                     'an error):\n  %s', len(bad), directory, names)
   good = np.setdiff1d(np.arange(len(paths)), bad)
-  return np.array(paths)[good], np.array(labels, np.int64)[good]
+  paths, labels = np.array(paths)[good], np.array(labels, np.int64)[good]
+  empty = [os.path.join(directory, name) for k, name in enumerate(classes)
+           if not np.any(labels == k)]
+  if empty:
+    raise errors.InvalidError(
+        f'Folder dataset {root}: {len(empty)} of the {len(classes)} classes have no decodable '
+        f'image in split {split!r}: {", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}. Every '
+        'class needs images in every split (or the model gets an output it never learns or is '
+        'tested on): add images, or remove the class from every split.')
+  return paths, labels

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import errors
 from alexnet_jax import runtime
 from alexnet_jax.data import decode
 from alexnet_jax.data import draws
@@ -71,8 +72,10 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int, local_b
   shard = sources.shard(config, config.train_split, process_index, process_count,
                         config.train_examples)
   if shard.size < local_batch_size:
-    raise ValueError(f'{config.dataset} {config.train_split}: process {process_index} has '
-                     f'{shard.size} examples, fewer than one batch of {local_batch_size}.')
+    raise errors.InvalidError(
+        f'{config.dataset} {config.train_split}: process {process_index} has {shard.size} examples, '
+        f'fewer than its share of one batch ({local_batch_size}): set config.batch_size to at most '
+        f'{shard.size * process_count}, or add images.')
   signature = {shard.image_field: tf.TensorSpec([None], tf.string),
                'label': tf.TensorSpec([None], tf.int32),
                'crop_position': tf.TensorSpec([None, 2], tf.float32),

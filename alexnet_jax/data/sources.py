@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import errors
 from alexnet_jax import runtime
 from alexnet_jax.data import folders
 from alexnet_jax.data import subset as subset_lib
@@ -47,7 +48,7 @@ _SUBSET_IN_MEMORY_BYTES = 1 << 30
 _TFDS_LOCK = threading.Lock()
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(errors.NotFoundError):
   """The TFDS dataset has not been built in the data dir yet."""
 
 
@@ -197,7 +198,7 @@ def _tfds_builder(name: str, data_dir: str | None, prepared: bool = True
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise errors.InvalidError(
         f"Unknown dataset {name!r}. config.dataset is a TFDS name (e.g. 'imagenet2012'), "
         f"'{folders.PREFIX}/path/to/images', 'synthetic' or 'synthetic_learnable'.") from e
   if prepared and not builder.info.splits:
@@ -210,15 +211,15 @@ def _not_prepared_message(name: str, builder: tfds.core.DatasetBuilder, data_dir
   data_dir_flag = f' --data_dir={data_dir}' if data_dir else ''
   if name.split('/')[0].split(':')[0] == 'imagenet2012':
     return (
-        f'ImageNet ({name!r}) is not prepared: nothing at {builder.data_dir}.\n'
-        'Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
-        'https://image-net.org/download-images into one folder, DIR, and build it once with\n'
-        f'  python -m alexnet_jax.prepare --dataset={name} --manual_dir=DIR{data_dir_flag}\n'
-        '(about 150 GB of disk and a few hours), or set --config.data_dir to the TFDS data dir '
-        'that already holds it.')
-  return (f'Dataset {name!r} is not prepared: nothing at {builder.data_dir}. Build it once with\n'
-          f'  python -m alexnet_jax.prepare --dataset={name}{data_dir_flag}\n'
-          'or set --config.data_dir to the TFDS data dir that already holds it.')
+        f'ImageNet ({name!r}) is not prepared: nothing at {builder.data_dir}. Download '
+        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
+        'https://image-net.org/download-images into one folder, DIR, and build it once with '
+        f'`python -m alexnet_jax.prepare --dataset={name} --manual_dir=DIR{data_dir_flag}` (about '
+        '150 GB of disk and a few hours), or set --config.data_dir to the TFDS data dir that '
+        'already holds it. To try the code first: --config=configs/smoke.py (no data needed).')
+  return (f'Dataset {name!r} is not prepared: nothing at {builder.data_dir}. Build it once with '
+          f'`python -m alexnet_jax.prepare --dataset={name}{data_dir_flag}`, or set '
+          '--config.data_dir to the TFDS data dir that already holds it.')
 
 
 def _label_feature(builder: tfds.core.DatasetBuilder) -> tfds.features.ClassLabel:

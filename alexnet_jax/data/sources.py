@@ -16,6 +16,7 @@ Sources (`config.dataset`):
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
+import multiprocessing.pool
 import threading
 
 import ml_collections
@@ -25,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import runtime
 from alexnet_jax.data import folders
+from alexnet_jax.data import stream
 from alexnet_jax.data.info import DatasetInfo
 
 # Examples loaded and permuted together in a training epoch. For ImageNet this is about 8 record files
@@ -61,11 +63,19 @@ class Shard:
   def size(self) -> int:
     return self.stop - self.start
 
-
-def shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """Contiguous, disjoint, covering ranges whose sizes differ by at most one."""
-  return (num_examples * process_index // process_count,
-          num_examples * (process_index + 1) // process_count)
+  def read(self, blocks: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The examples of `blocks`, concatenated, as numpy arrays; the blocks (separate files) are
+    read in parallel."""
+    datasets = [(self.examples(a, b), b - a) for a, b in blocks]
+    if len(datasets) == 1:  # a folder dataset's window: no thread needed
+      parts = [to_numpy(*datasets[0])]
+    else:
+      # multiprocessing's thread pool, not concurrent.futures: its executors refuse new work once
+      # the interpreter starts to exit, before `stream.ClosedAtExit` has dropped a stream that is
+      # still alive and may be reading its next window then (a traceback at every exit).
+      with multiprocessing.pool.ThreadPool(min(len(blocks), 8)) as pool:
+        parts = pool.map(lambda dataset_count: to_numpy(*dataset_count), datasets)
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def _split_blocks(boundaries: Sequence[int], start: int, stop: int) -> list[tuple[int, int]]:
@@ -179,7 +189,7 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
     pieces.append((instruction.splitname, instruction.from_ or 0,
                    length if instruction.to is None else instruction.to))
   piece_starts = np.cumsum([0] + [to - from_ for _, from_, to in pieces])
-  lo, hi = shard_range(int(piece_starts[-1]), process_index, process_count)
+  lo, hi = stream.shard_range(int(piece_starts[-1]), process_index, process_count)
 
   def locate(start: int, stop: int) -> list[str]:
     """TFDS split strings for examples [start, stop) of the spec."""
@@ -220,7 +230,7 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
 def _folder_shard(root: str, split: str, strict: bool, process_index: int, process_count: int
                   ) -> Shard:
   paths, labels = folders.images(root, split, strict)
-  lo, hi = shard_range(len(paths), process_index, process_count)
+  lo, hi = stream.shard_range(len(paths), process_index, process_count)
 
   def examples(start: int, stop: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(

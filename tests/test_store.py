@@ -290,15 +290,19 @@ def test_each_process_reads_its_own_shard_files_and_together_they_cover_the_spli
   assert sorted(seen) == list(range(18))
 
 
-def test_eval_shards_are_disjoint_padded_and_covering(png_store):
+@pytest.mark.parametrize('process_count', [4, 8])
+def test_eval_shards_are_disjoint_padded_and_covering(png_store, process_count):
+  """6 images over 4 processes (shards of 1 or 2) or 8 (two processes have none): every process
+  yields one batch, and the unmasked images are the split, once."""
   config = _store_config(png_store)
   seen, batch_counts = [], set()
-  for process_index in range(4):  # 6 images over 4 processes: shards of 1 or 2
+  for process_index in range(process_count):
     batches = list(store.eval_batches(config, local_batch_size=3, process_index=process_index,
-                                      process_count=4))
+                                      process_count=process_count))
     batch_counts.add(len(batches))
     for batch in batches:
       assert batch['image'].shape == (3, CROP, CROP, 3)
+      assert not batch['image'][~batch['mask']].any()  # padding is zeros
       seen += [image.tobytes() for image in batch['image'][batch['mask']]]
   assert batch_counts == {1}
   assert len(seen) == len(set(seen)) == 6

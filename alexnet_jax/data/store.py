@@ -9,8 +9,8 @@ square of the image resized to shorter side 256 and cropped from those (§2, §4
 exactly that, `decode.central_square` of each image, as uint8 pixels. Training from it decodes
 nothing: per batch the host copies each image's bytes (196 KB at 256x256) into one array and draws
 the crop position, flip and lighting as the JPEG pipeline does; the device cuts the crops
-(`pixels.cut_crops`), mirrors, shifts and normalizes them. Per CPU core that is many times the
-images of a JPEG decode (docs/benchmarks.md, "Input pipeline").
+(`pixels.cut_crops`), mirrors, shifts and normalizes them. Per CPU core that is 44-51x the images
+of a plain JPEG decode (docs/benchmarks.md, "Pixel store").
 
 Layout (written by alexnet_jax/data/store_writer.py; resumable, alexnet_jax/data/resumable.py):
   DIR/store.json                  each split's settings (source, resize_size, shard size), whether
@@ -20,10 +20,10 @@ Layout (written by alexnet_jax/data/store_writer.py; resumable, alexnet_jax/data
   DIR/<split>/images-00001.npy    examples [n, 2n), ...
 Every shard but the last holds `examples_per_shard` examples (~1 GiB). The shards are NumPy files,
 memory-mapped: a stored image is a contiguous run of bytes that one copy moves into the batch. They
-measured 8x the images per core of ArrayRecord records of the same bytes, whose reads copy each
-record twice (bench/store_formats.py, docs/benchmarks.md), and need no new dependency; any NumPy
-reads them (`np.load(path, mmap_mode='r')`). A process opens only the files of its own shard of a
-split, so a host may hold only those.
+measured 6.6-8.6x the images per core of ArrayRecord records of the same bytes, whose reads copy
+each record twice (bench/store_formats.py, docs/benchmarks.md), and need no new dependency; any
+NumPy reads them (`np.load(path, mmap_mode='r')`). A process opens only the files of its own shard
+of a split, so a host may hold only those.
 
 The store holds each split's labels, so a subset of a split is a set of its indices.
 
@@ -31,8 +31,8 @@ Training (`train_batches`): the same order as a folder dataset's shard (one bloc
 each epoch a (seed, epoch) permutation, alexnet_jax/data/stream.py) and the same random choices
 (`draws.training_draws` of (seed, epoch, index)), so the batch of step s is a function of the seed
 and s, and a batch equals the JPEG pipeline's for the same step where the store was written from
-the same decoded pixels (tested). Batches are made ahead in a few threads: NumPy copies without
-holding the GIL. NumPy only: training from a store never imports TensorFlow.
+the same decoded pixels (tested). Batches are made ahead in a few threads. NumPy only: training
+from a store never imports TensorFlow.
 """
 
 import collections
@@ -210,9 +210,9 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def _made_ahead(make: Callable[[int, np.ndarray], dict[str, np.ndarray]], items: Iterable[int],
                 image_shape: Sequence[int]) -> Iterator[dict[str, np.ndarray]]:
-  """make(item, pixels) for each of `items`, in order, made ahead in a pool of threads (up to 8:
-  the copies run without the GIL) with twice as many batches in flight; `pixels` is a new uint8
-  array of `image_shape` for `make` to fill.
+  """make(item, pixels) for each of `items`, in order, made ahead in a pool of threads (one per
+  core, up to 8) with twice as many batches in flight; `pixels` is a new uint8 array of
+  `image_shape` for `make` to fill.
 
   The arrays are allocated here, in the thread that takes the batches and frees them, not in the
   pool's threads: there malloc mapped each 25 MB batch afresh (110 page faults a batch, huge

@@ -173,6 +173,11 @@ def test_an_interrupted_write_resumes_with_the_shards_it_lacks(tmp_path, monkeyp
   assert store_writer.write(config, str(out), resize_size=SIDE, examples_per_shard=4) == {
       'train': 18, 'validation': 6}
   assert _files(out) == _files(uninterrupted)  # byte for byte, and the unfinished file is gone
+  # Once complete, the same command writes nothing.
+  written = {p: p.stat().st_mtime_ns for p in out.rglob('*')}
+  assert store_writer.write(config, str(out), resize_size=SIDE, examples_per_shard=4) == {
+      'train': 18, 'validation': 6}
+  assert {p: p.stat().st_mtime_ns for p in out.rglob('*')} == written
 
 
 def test_a_store_made_otherwise_is_refused_in_one_line(png_store, pngs, tmp_path):
@@ -210,6 +215,13 @@ def test_a_store_made_otherwise_is_refused_in_one_line(png_store, pngs, tmp_path
       store.check_config(_store_config(png_store, **overrides))
   with pytest.raises(store.StoreError, match='is not a pixel store'):
     store.check_config(_store_config(str(tmp_path)))
+
+
+def test_a_split_the_source_lacks_is_named_before_anything_is_written(pngs, tmp_path):
+  with pytest.raises(ValueError, match="--splits: 'test': .*no folder for split"):
+    store_writer.write(_folder_config(pngs), str(tmp_path / 'store'), resize_size=SIDE,
+                       splits=('train', 'test'))
+  assert not (tmp_path / 'store').exists()
 
 
 def _crops(batch, image_size=CROP) -> np.ndarray:

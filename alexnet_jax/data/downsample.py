@@ -100,7 +100,7 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   each split's source and settings; a split folder made otherwise, or with other settings, is
   refused rather than mixed with.
   """
-  dirs = resumable.SplitDirs(out_dir, RECORD)
+  dirs = resumable.SplitDirs(out_dir, RECORD, 'copy')
   for split in splits:
     if split not in _SPLIT_DIRS:
       raise ValueError(f'Cannot downsample split {split!r}: whole splits only, one of '

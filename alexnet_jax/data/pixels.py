@@ -93,7 +93,7 @@ def cut_crops(batch: Mapping[str, jax.Array], image_size: int) -> dict[str, jax.
 
   One dynamic slice per image: on a 2-core CPU, 1-5 ms for a batch of 128 from 256x256 images,
   against 25-55 ms for `resize_windows` of the same windows, which resamples nothing here but
-  still interpolates (a one-off jitted loop; docs/benchmarks.md, "Input pipeline").
+  still interpolates (a one-off jitted loop; docs/benchmarks.md, "Pixel store").
   """
   offset = jnp.asarray(batch['crop_offset'], jnp.int32)
   cut = jax.vmap(lambda image, corner: jax.lax.dynamic_slice(

@@ -24,10 +24,11 @@ def write_atomically(path: str, data: bytes) -> None:
 
 class SplitDirs:
   """The split folders of `out_dir` and the record `out_dir/record_name` that describes them:
-  {split dir: {'settings': {...}, 'complete': bool, ...facts of a complete split}}."""
+  {split dir: {'settings': {...}, 'complete': bool, ...facts of a complete split}}. `kind` names
+  the output in messages ('copy', 'store')."""
 
-  def __init__(self, out_dir: str, record_name: str):
-    self.out_dir = out_dir
+  def __init__(self, out_dir: str, record_name: str, kind: str):
+    self.out_dir, self.kind = out_dir, kind
     self.record_path = os.path.join(out_dir, record_name)
     try:
       with open(self.record_path, encoding='utf-8') as f:
@@ -48,8 +49,8 @@ class SplitDirs:
       if made is None:
         raise FileExistsError(f'{directory} is not empty: remove it, or {elsewhere}.')
       if made['settings'] != settings:
-        raise FileExistsError(f'{directory} holds a split made with {made["settings"]}, not '
-                              f'{settings}: remove it, or {elsewhere}.')
+        raise FileExistsError(f'{directory} holds a {self.kind} made with {made["settings"]}, '
+                              f'not {settings}: remove it, or {elsewhere}.')
 
   def complete(self, split_dir: str) -> dict[str, Any] | None:
     """The record of `split_dir` if it is complete and in place, else None."""

@@ -139,8 +139,8 @@ def _record_mtime(directory: str) -> int:
 def open_split(config: ml_collections.ConfigDict, split: str) -> Split:
   """Split `split` of the store `config.dataset`, checked against the config (`check_config`)."""
   directory = root(config.dataset)
-  made = _checked_split(directory, split, config.resize_size, config.center_square)
-  return _open_split(directory, split, _record_mtime(directory), made['settings']['resize_size'])
+  _checked_split(directory, split, config.resize_size, config.center_square)
+  return _open_split(directory, split, _record_mtime(directory))
 
 
 def _checked_split(directory: str, split: str, resize_size: int, center_square: bool
@@ -177,7 +177,7 @@ def _checked_split(directory: str, split: str, resize_size: int, center_square: 
 
 
 @functools.lru_cache(maxsize=8)
-def _open_split(directory: str, split: str, record_mtime: int, resize_size: int) -> Split:
+def _open_split(directory: str, split: str, record_mtime: int) -> Split:
   """The split, read once per version of the record (its labels: one small file per shard)."""
   del record_mtime  # only part of the cache key
   made = _read_record(directory)[split]
@@ -185,8 +185,8 @@ def _open_split(directory: str, split: str, record_mtime: int, resize_size: int)
   split_dir = os.path.join(directory, split)
   shards = -(-made['examples'] // per_shard)
   labels = [np.load(os.path.join(split_dir, labels_file(k))) for k in range(shards)]
-  return Split(directory=split_dir, size=made['examples'], resize_size=resize_size,
-               examples_per_shard=per_shard,
+  return Split(directory=split_dir, size=made['examples'],
+               resize_size=made['settings']['resize_size'], examples_per_shard=per_shard,
                labels=np.concatenate(labels).astype(np.int32) if labels else np.zeros([0], np.int32),
                class_names=tuple(made['class_names']))
 

@@ -86,23 +86,28 @@ def write(config: ml_collections.ConfigDict, out_dir: str, *, resize_size: int =
   `examples_per_shard` defaults to as many as fit in 1 GiB (`store.examples_per_shard`).
   """
   per_shard = examples_per_shard or store.examples_per_shard(resize_size)
-  dirs = resumable.SplitDirs(out_dir, store.RECORD)
+  dirs = resumable.SplitDirs(out_dir, store.RECORD, 'store')
+  sizes = {}
   for split in splits:
     if not re.fullmatch(r'\w+', split):
       raise ValueError(f'--splits: {split!r} is not a split name; a store holds whole splits '
                        '(e.g. train,validation or train,test).')
     dirs.check(split, _settings(config, split, resize_size, per_shard),
                elsewhere='write the store to another folder')
+    # Sized first, which checks every split (exists, prepared, decodable) before anything is
+    # written.
+    try:
+      sizes[split] = int(sources.split_examples(config, split).cardinality())
+    except (ValueError, FileNotFoundError) as e:  # no such split in the source
+      raise ValueError(f'--splits: {split!r}: {e}') from e
   names = sources.class_names(config)
   counts = {}
-  for split in splits:
+  for split, size in sizes.items():
     if made := dirs.complete(split):
       logging.info('%s: complete already, %d images in %s', split, made['examples'],
                    dirs.path(split))
       counts[split] = made['examples']
       continue
-    # Sized first, which checks the split (exists, prepared, decodable) before anything is written.
-    size = int(sources.split_examples(config, split).cardinality())
     partial_dir = dirs.start(split, _settings(config, split, resize_size, per_shard))
     written = np.zeros([size], bool)
     for shard in _complete_shards(partial_dir):

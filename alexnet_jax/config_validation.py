@@ -18,6 +18,7 @@ from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax.data import statistics
+from alexnet_jax.data import store
 
 
 class ConfigError(errors.InvalidError):
@@ -40,7 +41,8 @@ _POSITIVE_INT = _Rule(_INT, lambda v: v > 0, 'an integer > 0')
 _BOOL = _Rule((bool,), lambda v: True, 'True or False')
 
 RULES: dict[str, _Rule] = {
-    'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "synthetic" or "synthetic_learnable"'),
+    'dataset': _Rule((str,), bool, 'a TFDS name, "folder:/path", "store:/path", "synthetic" or '
+                    '"synthetic_learnable"'),
     'data_dir': _Rule((str, type(None)), lambda v: True, 'a directory, or None for the TFDS default'),
     'train_split': _Rule((str,), bool, 'a split name'),
     'eval_split': _Rule((str,), bool, 'a split name'),
@@ -150,7 +152,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'{config.model.variant!r} with overlapping_pool={config.model.overlapping_pool}: '
                       f'the three max-pools need at least {smallest}')
   _validate_data_choices(config)
-  _validate_dataset(config.dataset, config.data_dir)
+  _validate_dataset(config)
 
 
 def _validate_data_choices(config: ml_collections.ConfigDict) -> None:
@@ -179,10 +181,18 @@ def _validate_data_choices(config: ml_collections.ConfigDict) -> None:
                       'records all four statistics together; leave them unset')
 
 
-def _validate_dataset(dataset: str, data_dir: str | None) -> None:
-  """The dataset must be synthetic, an existing folder, or a TFDS builder (registered, or prepared in
-  data_dir). TFDS is imported only for TFDS names, so synthetic runs stay free of it."""
+def _validate_dataset(config: ml_collections.ConfigDict) -> None:
+  """The dataset must be synthetic, an existing folder, a pixel store that holds the config's splits
+  at its resize_size, or a TFDS builder (registered, or prepared in data_dir). TFDS is imported
+  only for TFDS names, so synthetic and store runs stay free of it."""
+  dataset, data_dir = config.dataset, config.data_dir
   if dataset in data.SYNTHETIC_DATASETS:
+    return
+  if dataset.startswith(data.STORE_PREFIX):
+    try:
+      store.check_config(config)
+    except store.StoreError as e:
+      raise ConfigError(str(e)) from None
     return
   if dataset.startswith(data.FOLDER_PREFIX):
     root = dataset[len(data.FOLDER_PREFIX):]
@@ -200,7 +210,8 @@ def _validate_dataset(dataset: str, data_dir: str | None) -> None:
   raise ConfigError(
       f'config.dataset={dataset!r} is invalid: expected a TFDS name (e.g. \'imagenet2012\'; no builder '
       f'{name.name!r} is registered or prepared in {", ".join(map(str, data_dirs))}), '
-      f'"{data.FOLDER_PREFIX}/path", {" or ".join(map(repr, data.SYNTHETIC_DATASETS))}')
+      f'"{data.FOLDER_PREFIX}/path", "{data.STORE_PREFIX}/path", '
+      f'{" or ".join(map(repr, data.SYNTHETIC_DATASETS))}')
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int,

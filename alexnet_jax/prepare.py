@@ -20,6 +20,12 @@ also writes (after building, if needed; a dataset built already needs no --manua
 every image at shorter side 256, as the paper stored ImageNet (§2), for training with
 --config.dataset=folder:DIR: the input pipeline then resizes nothing and decodes smaller files
 (alexnet_jax/data/downsample.py). --dataset=folder:/path works too.
+
+  python -m alexnet_jax.prepare --dataset=imagenet2012 --data_dir=... --store_to=DIR [--resize_size=256]
+
+writes a pixel store: every image decoded once, as the central 256x256 square the paper stored
+(§2), in memory-mapped NumPy shards, for training with --config.dataset=store:DIR: the host then
+decodes nothing, it copies bytes (alexnet_jax/data/store.py). Both copies resume when run again.
 """
 
 import os
@@ -37,6 +43,7 @@ from alexnet_jax import runtime
 from alexnet_jax.data import downsample
 from alexnet_jax.data import fashion_mnist
 from alexnet_jax.data import folders
+from alexnet_jax.data import store_writer
 
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
@@ -50,7 +57,14 @@ _DOWNSAMPLE_TO = flags.DEFINE_string(
     'downsample_to', None, 'Also write a folder dataset here with every image at --shorter_side '
     '(the paper\'s §2 storage); train on it with --config.dataset=folder:DIR.')
 _SHORTER_SIDE = flags.DEFINE_integer('shorter_side', 256, 'Shorter side of the downsampled copy.')
-_SPLITS = flags.DEFINE_list('splits', ['train', 'validation'], 'Splits the downsampled copy holds.')
+_STORE_TO = flags.DEFINE_string(
+    'store_to', None, 'Also write a pixel store here: every image decoded once as its central '
+    '--resize_size square (the paper\'s §2 storage); train on it with --config.dataset=store:DIR.')
+_RESIZE_SIZE = flags.DEFINE_integer(
+    'resize_size', 256, 'Side of the pixel store\'s squares: the config.resize_size of training.',
+    lower_bound=1)
+_SPLITS = flags.DEFINE_list('splits', ['train', 'validation'],
+                            'Splits the downsampled copy or the pixel store holds.')
 
 
 def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None = None
@@ -102,14 +116,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   dataset = _DATASET.value
-  if not (_DOWNSAMPLE_TO.value and dataset.startswith(folders.PREFIX)):
+  copies = _DOWNSAMPLE_TO.value or _STORE_TO.value
+  if not (copies and dataset.startswith(folders.PREFIX)):
     prepare(dataset, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
+  config = defaults.get_config()
+  config.dataset, config.data_dir = dataset, _DATA_DIR.value
   if _DOWNSAMPLE_TO.value:
-    config = defaults.get_config()
-    config.dataset, config.data_dir = dataset, _DATA_DIR.value
     downsample.downsample(config, _DOWNSAMPLE_TO.value, shorter_side=_SHORTER_SIDE.value,
                           splits=_SPLITS.value)
     logging.info('train on the copy with --config.dataset=folder:%s', _DOWNSAMPLE_TO.value)
+  if _STORE_TO.value:
+    store_writer.write(config, _STORE_TO.value, resize_size=_RESIZE_SIZE.value,
+                       splits=_SPLITS.value)
+    logging.info('train on the store with --config.dataset=store:%s --config.resize_size=%d',
+                 _STORE_TO.value, _RESIZE_SIZE.value)
 
 
 if __name__ == '__main__':

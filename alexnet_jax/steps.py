@@ -84,8 +84,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   """One SGD step on this device's share of the batch; gradients averaged over the `data` axis.
 
   The batch's uint8 pixels are normalized here, on the device (`pixels.model_input`, as `augment`
-  sets it), after its crops are resized to `image_size` from the regions it carries, if it does
-  (`pixels.resize_windows`).
+  sets it), after its crops are cut or resized to `image_size` from the images or regions it
+  carries, if it does (`pixels.training_crops`).
 
   A step whose loss or gradients are not finite is not applied: params and optimizer state stay as
   they were, and the step is recorded in `nonfinite_steps` / `first_nonfinite_step` for the host to act
@@ -98,7 +98,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: AlexNet
   device_key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step),
                                   jax.lax.axis_index(DATA_AXIS))
 
-  images = pixels.model_input(pixels.resize_windows(batch, image_size), augment)
+  images = pixels.model_input(pixels.training_crops(batch, image_size), augment)
 
   def loss_fn(params):
     logits = model.apply({'params': params}, images, train=True,

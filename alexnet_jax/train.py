@@ -316,7 +316,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  jax.device_count(), jax.process_count())
 
     # The crops and flips the network sees (the lighting shift is added on the device).
-    first_images = pixels.flipped(pixels.resize_windows({k: v[:16] for k, v in first_batch.items()},
+    first_images = pixels.flipped(pixels.training_crops({k: v[:16] for k, v in first_batch.items()},
                                                         config.image_size))
     writer.write_image(start_step, 'augmented_inputs', pictures.image_grid(np.asarray(first_images)))
     batches = prefetch(map(parallel.put_batch, itertools.chain([first_batch], host_batches)))

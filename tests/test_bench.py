@@ -80,13 +80,18 @@ def test_input_benchmark_runs_and_reports_every_rate():
   assert lines[0].endswith('medians of 2 round(s)')
   names = ('plain decode', 'window decode', 'window, no resize', 'train pipeline',
            'train, host resize', 'eval, 1 crop(s)', 'eval, 10 crop(s)', 'plain decode, 256',
-           'train pipeline, 256', 'train, host resize, 256')
+           'train pipeline, 256', 'train, host resize, 256', 'train, store')
   rates = {line[:24].strip(): line[24:].split() for line in lines[2:2 + len(names)]}
   assert list(rates) == list(names)
   assert all(len(v) == 3 and min(float(v[0]), float(v[1])) > 0 for v in rates.values())
   assert rates['plain decode'][2] == rates['plain decode, 256'][2] == '1.00x'
-  for line, name in zip(lines[-3:-1], names[-2:]):
+  assert re.fullmatch(r'\d+\.\d\dx', rates['train, store'][2])
+  for line, name in zip(lines[-4:-2], names[-3:-1]):
     assert re.fullmatch(f'{name}: / 500x375 decode per core: [\\d.]+x', line), line
+  store_line = re.fullmatch(r'train, store: writing the store took [\d.]+ ms of CPU per image; its '
+                            r'batches per core / plain decode: ([\d.]+x) \(rounds: [\d.]+, [\d.]+\)',
+                            lines[-2])
+  assert store_line and store_line.group(1) == rates['train, store'][2], lines[-2]
   # The summary: the median of the per-round ratios, and each of them.
   summary = re.fullmatch(r'train / decode per core: ([\d.]+)x \(rounds: ([\d.]+), ([\d.]+)\)',
                          lines[-1])

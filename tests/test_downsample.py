@@ -17,6 +17,7 @@ import tensorflow as tf
 from alexnet_jax import defaults
 from alexnet_jax.data import downsample
 from alexnet_jax.data import folders
+from alexnet_jax.data import resumable
 from alexnet_jax.data import sources
 import input_images
 
@@ -97,7 +98,7 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
   downsample.downsample(config, str(uninterrupted), shorter_side=40)
 
   images_written = []
-  write = downsample._write_atomically  # pylint: disable=protected-access
+  write = resumable.write_atomically
   replace = os.replace
 
   def stop(*_):
@@ -110,7 +111,7 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
       images_written.append(path)
     write(path, data)
 
-  monkeypatch.setattr(downsample, '_write_atomically', write_then_stop)
+  monkeypatch.setattr(resumable, 'write_atomically', write_then_stop)
   out = tmp_path / 'copy'
   with pytest.raises(KeyboardInterrupt):
     downsample.downsample(config, str(out), shorter_side=40)
@@ -131,7 +132,7 @@ def test_an_interrupted_copy_resumes_where_it_stopped(tmp_path, monkeypatch):
     if not name.endswith('.tmp'):  # the sixth image's unfinished write: it is written again
       os.remove(source_paths[int(os.path.basename(name).split('.')[0])])
   images_written.clear()
-  monkeypatch.setattr(downsample, '_write_atomically',
+  monkeypatch.setattr(resumable, 'write_atomically',
                       lambda path, data: images_written.append(path) or write(path, data))
   assert downsample.downsample(config, str(out), shorter_side=40) == {'train': 18, 'validation': 6}
   assert len([p for p in images_written if os.path.basename(p) != downsample.RECORD]) == 13 + 6

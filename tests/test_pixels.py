@@ -106,3 +106,18 @@ def test_resize_windows_leaves_a_batch_of_crops_as_it_is():
   batch = {'image': np.zeros((2, 9, 9, 3), np.uint8), 'label': np.arange(2)}
   resized = pixels.resize_windows(batch, 9)
   assert resized.keys() == batch.keys() and resized['image'] is batch['image']
+
+
+def test_training_crops_cuts_a_stores_squares_at_their_offsets():
+  images = _pixels((3, 12, 12, 3))
+  offset = np.array([[0, 0], [5, 2], [1, 5]], np.int32)
+  batch = {'image': images, 'crop_offset': offset, 'label': np.arange(3)}
+  cut = jax.jit(lambda b: pixels.training_crops(b, 7))(batch)
+  assert cut.keys() == {'image', 'label'} and cut['image'].dtype == np.uint8
+  for image, (y, x), crop in zip(images, offset, np.asarray(cut['image'])):
+    np.testing.assert_array_equal(crop, image[y:y + 7, x:x + 7])
+  # Regions with windows are resized, crops pass as they are.
+  window = np.array([[0, 0, 12]] * 3, np.int32)
+  resized = pixels.training_crops({'image': images, 'window': window}, 6)['image']
+  assert resized.shape == (3, 6, 6, 3)
+  assert pixels.training_crops({'image': images}, 12)['image'] is images

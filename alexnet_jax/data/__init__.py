@@ -1,8 +1,9 @@
 """The one data interface of the project: dataset facts, training batches, evaluation batches.
 
 The source is picked by `config.dataset`: `synthetic` and `synthetic_learnable` are made on the fly
-(synthetic.py, NumPy only); everything else, TFDS names and `folder:/path`, goes through the tf.data
-pipeline (pipeline.py), imported only when needed, as TensorFlow takes seconds to import. See
+(synthetic.py, NumPy only); `store:/path`, a pixel store, is read by position (store.py, NumPy
+only); everything else, TFDS names and `folder:/path`, goes through the tf.data pipeline
+(pipeline.py), imported only when needed, as TensorFlow takes seconds to import. See
 docs/design.md for the shapes and the determinism contract.
 
 The modules of this package, by concern:
@@ -10,7 +11,7 @@ The modules of this package, by concern:
   synthetic.py   random and learnable synthetic batches
   sources.py     TFDS datasets and image folders as per-process shards readable by position
   folders.py     a folder dataset's files, classes and (remembered) decode check
-  stream.py      the endless, seekable training stream of a shard
+  stream.py      which examples a process reads (its shard), and the endless, seekable training stream
   geometry.py    where the crops of §4.1 lie in a source image
   draws.py       the random choices of §4.1 (crop position, flip, lighting), from (seed, epoch, index)
   decode.py      decoding and cropping one image (TensorFlow ops)
@@ -20,6 +21,10 @@ The modules of this package, by concern:
   measure.py     measuring a training split's pixel statistics once, cached beside the data
   subset.py      a class-balanced, deterministic subset of a split (`config.train_examples`)
   downsample.py  a copy of a dataset at shorter side 256 (`prepare --downsample_to`)
+  store.py       a pixel store: the images decoded once, at 256x256, read by position (NumPy only)
+  store_writer.py  writes a pixel store (`prepare --store_to`)
+  resumable.py   what both copies share: splits written resumably, a record that refuses a mismatch
+  fashion_mnist.py  Fashion-MNIST built offline from its idx files
 """
 
 from collections.abc import Iterator
@@ -29,11 +34,13 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.data import statistics
+from alexnet_jax.data import store
 from alexnet_jax.data import synthetic
 from alexnet_jax.data.info import DatasetInfo
 
 SYNTHETIC_DATASETS = ('synthetic', 'synthetic_learnable')
 FOLDER_PREFIX = 'folder:'  # folders.PREFIX, which imports TensorFlow
+STORE_PREFIX = store.PREFIX
 
 __all__ = ['DatasetInfo', 'get_dataset_info', 'class_names', 'readable_class_names',
            'dataset_statistics', 'train_batches', 'eval_batches']
@@ -43,6 +50,8 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Classes and split sizes; a folder dataset's sizes count its decodable images."""
   if config.dataset in SYNTHETIC_DATASETS:
     return synthetic.get_dataset_info(config)
+  if config.dataset.startswith(STORE_PREFIX):
+    return store.get_dataset_info(config)
   from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
   return sources.get_dataset_info(config)
 
@@ -52,6 +61,8 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
   folder dataset's decodable images); None for synthetic data, whose classes have no names."""
   if config.dataset in SYNTHETIC_DATASETS:
     return None
+  if config.dataset.startswith(STORE_PREFIX):
+    return store.class_names(config)
   from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   return sources.class_names(config)
 
@@ -78,7 +89,7 @@ def readable_class_names(config: ml_collections.ConfigDict) -> list[str]:
   """
   try:
     names = class_names(config)
-  except FileNotFoundError:  # a folder dataset that is gone: the model still predicts
+  except (FileNotFoundError, store.StoreError):  # a dataset that is gone: the model still predicts
     names = None
   if names is not None and not config.dataset.startswith(FOLDER_PREFIX):
     readable = _imagenet_readable_names()
@@ -94,6 +105,8 @@ def dataset_statistics(config: ml_collections.ConfigDict) -> statistics.Statisti
   if config.dataset in SYNTHETIC_DATASETS:
     raise ValueError(f'{config.dataset} images are network inputs already: they have no pixel '
                      "statistics; use augment.statistics='imagenet'.")
+  if config.dataset.startswith(STORE_PREFIX):
+    return store.split_statistics(config)
   from alexnet_jax.data import measure  # pylint: disable=g-import-not-at-top  (TensorFlow)
   return measure.split_statistics(config)
 
@@ -102,6 +115,8 @@ def _batches(config: ml_collections.ConfigDict):
   """The module that makes `config.dataset`'s batches."""
   if config.dataset in SYNTHETIC_DATASETS:
     return synthetic
+  if config.dataset.startswith(STORE_PREFIX):
+    return store
   from alexnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline
 

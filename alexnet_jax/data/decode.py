@@ -119,6 +119,16 @@ def resize_shorter_side(image: tf.Tensor, size: int, *, antialias: bool = False)
   return _resize(image, tf.maximum(new_shape, size), antialias=antialias)
 
 
+def central_square(encoded: tf.Tensor, resize_size: int) -> tf.Tensor:
+  """uint8 [resize_size, resize_size, 3]: the central `resize_size` square of the image resized to
+  shorter side `resize_size`, the image the paper stored and cropped from (§2, §4.1), made by
+  decoding only the central shorter-side square and resizing it (bilinear, rounded; passed through
+  where it has that size already). What a pixel store holds (alexnet_jax/data/store_writer.py), and
+  what 10-crop evaluation with `center_square` cuts its crops from: the same pixels either way."""
+  square = decode_window(encoded, geometry.central_square_window)
+  return tf.ensure_shape(resize_shorter_side(square, resize_size), [resize_size, resize_size, 3])
+
+
 def center_crop_image(image: tf.Tensor, size: int) -> tf.Tensor:
   """The central size x size square of [H, W, C] `image`."""
   top = (tf.shape(image)[0] - size) // 2
@@ -193,6 +203,9 @@ def preprocess_eval(encoded: tf.Tensor, config: ml_collections.ConfigDict) -> tf
   sizes = dict(resize_size=config.resize_size, image_size=config.image_size)
   if config.eval_crops != 10:
     return center_crop(encoded, **sizes)
-  window_fn = geometry.central_square_window if config.center_square else geometry.whole_image_window
-  image = resize_shorter_side(decode_window(encoded, window_fn), config.resize_size)
+  if config.center_square:
+    image = central_square(encoded, config.resize_size)
+  else:
+    image = resize_shorter_side(decode_window(encoded, geometry.whole_image_window),
+                                config.resize_size)
   return five_crop(image, config.image_size)

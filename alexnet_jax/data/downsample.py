@@ -20,11 +20,11 @@ square itself (`config.center_square`), so training crops are drawn from the sam
 original files, with either setting; training on the copy changes where the pixels come from, not the
 recipe.
 
-Writing the copy takes hours for ImageNet (~7 ms of CPU per image), so it resumes: see `downsample`.
+Writing the copy takes hours for ImageNet (~7 ms of CPU per image), so it resumes
+(alexnet_jax/data/resumable.py).
 """
 
 from collections.abc import Sequence
-import json
 import os
 from typing import Any
 
@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import errors
 from alexnet_jax.data import decode
+from alexnet_jax.data import resumable
 from alexnet_jax.data import sources
 
 # The folder each split is written to; the folder reader reads 'validation' from val/.
@@ -81,26 +82,6 @@ def _settings(config: ml_collections.ConfigDict, split: str, shorter_side: int, 
           'shorter_side': shorter_side, 'quality': quality}
 
 
-def _read_record(out_dir: str) -> dict[str, Any]:
-  try:
-    with open(os.path.join(out_dir, RECORD), encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return {}
-
-
-def _write_record(out_dir: str, record: dict[str, Any]) -> None:
-  _write_atomically(os.path.join(out_dir, RECORD), json.dumps(record, indent=2).encode())
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes `path` whole or not at all: a file of the copy that exists is complete."""
-  partial = path + '.tmp'
-  with open(partial, 'wb') as f:
-    f.write(data)
-  os.replace(partial, path)
-
-
 def _index(name: str) -> int | None:
   """The example index of a file the copy holds (`00000042.JPEG`), None for anything else."""
   stem, extension = os.path.splitext(name)
@@ -120,41 +101,26 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
   each split's source and settings; a split folder made otherwise, or with other settings, is
   refused rather than mixed with.
   """
-  record = _read_record(out_dir)
+  dirs = resumable.SplitDirs(out_dir, RECORD, 'copy')
   for split in splits:
     if split not in _SPLIT_DIRS:
       raise errors.InvalidError(f'Cannot downsample split {split!r}: whole splits only, one of '
                                 f'{sorted(_SPLIT_DIRS)}.')
-    split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
-    made = record.get(_SPLIT_DIRS[split])
-    settings = _settings(config, split, shorter_side, quality)
-    for directory in (split_dir, split_dir + '.partial'):
-      if not (os.path.isdir(directory) and os.listdir(directory)):
-        continue
-      if made is None:
-        raise errors.ExistsError(f'{directory} is not empty: remove it, or downsample to another '
-                                 'folder.')
-      if made['settings'] != settings:
-        raise errors.ExistsError(f'{directory} holds a copy made with {made["settings"]}, not '
-                                 f'{settings}: remove it, or downsample to another folder.')
+    dirs.check(_SPLIT_DIRS[split], _settings(config, split, shorter_side, quality),
+               elsewhere='downsample to another folder')
   folders = class_dirs(sources.class_names(config))
   counts = {}
   for split in splits:
-    split_dir = os.path.join(out_dir, _SPLIT_DIRS[split])
-    made = record.get(_SPLIT_DIRS[split])
-    partial_dir = split_dir + '.partial'
-    if made and made['complete'] and os.path.isdir(split_dir) and os.listdir(split_dir):
-      logging.info('%s: complete already, %d images in %s', split, made['images'], split_dir)
+    if made := dirs.complete(_SPLIT_DIRS[split]):
+      logging.info('%s: complete already, %d images in %s', split, made['images'],
+                   dirs.path(_SPLIT_DIRS[split]))
       counts[split] = made['images']
       continue
     # Sized first, which checks the split (prepared, decodable) before anything is written.
     written = np.zeros([int(sources.split_examples(config, split).cardinality())], bool)
+    partial_dir = dirs.start(_SPLIT_DIRS[split], _settings(config, split, shorter_side, quality))
     for folder in folders:  # every class in every split: the folder reader takes classes from train/
       os.makedirs(os.path.join(partial_dir, folder), exist_ok=True)
-    record[_SPLIT_DIRS[split]] = {'settings': _settings(config, split, shorter_side, quality),
-                                  'complete': False}
-    _write_record(out_dir, record)
-    for folder in folders:
       for name in os.listdir(os.path.join(partial_dir, folder)):
         if (index := _index(name)) is not None:
           written[index] = True
@@ -168,18 +134,11 @@ def downsample(config: ml_collections.ConfigDict, out_dir: str, *, shorter_side:
     count = int(written.sum())
     for label, index, data, is_jpeg in tfds.as_numpy(images.prefetch(tf.data.AUTOTUNE)):
       name = f'{index:08d}.JPEG' if is_jpeg else f'{index:08d}.png'
-      _write_atomically(os.path.join(partial_dir, folders[label], name), data)
+      resumable.write_atomically(os.path.join(partial_dir, folders[label], name), data)
       count += 1
       if count % 10000 == 0:
         logging.info('%s: %d of %d images written', split, count, len(written))
-    # Recorded complete before the rename: stopped in between, the next run finds every file in
-    # place, writes none, and renames; recorded after, it would find a full split folder it had not
-    # marked complete, and no way to finish.
-    record[_SPLIT_DIRS[split]].update(complete=True, images=count)
-    _write_record(out_dir, record)
-    if os.path.isdir(split_dir):  # empty (checked above): make way for the complete copy
-      os.rmdir(split_dir)
-    os.rename(partial_dir, split_dir)
+    dirs.finish(_SPLIT_DIRS[split], images=count)
     counts[split] = count
-    logging.info('%s: %d images in %s', split, count, split_dir)
+    logging.info('%s: %d images in %s', split, count, dirs.path(_SPLIT_DIRS[split]))
   return counts

@@ -14,7 +14,9 @@ A training batch may also carry, instead of its crops, regions of the source ima
 crops' windows ('window': where each lies), as `config.device_resize_scale` sets: the crops are then
 resized from them here first (`resize_windows`). On the host, TensorFlow's resize cost a quarter of
 a decode per image, most of what the pipeline spent beyond decoding (docs/benchmarks.md, "Input
-pipeline").
+pipeline"). A pixel store's batch (alexnet_jax/data/store.py) carries its stored images whole and
+where each crop lies in them ('crop_offset'): the crops are cut here (`cut_crops`), so that its
+host only copies bytes. `training_crops` does whichever the batch asks for.
 
 Synthetic sources (synthetic.py) deliver float32 images that are model inputs already;
 they pass through unchanged (but for the mirrors of 10-crop evaluation).
@@ -83,6 +85,30 @@ def resize_windows(batch: Mapping[str, jax.Array], image_size: int) -> dict[str,
   resized = {k: v for k, v in batch.items() if k != 'window'}
   resized['image'] = jnp.round(crops).astype(jnp.uint8)
   return resized
+
+
+def cut_crops(batch: Mapping[str, jax.Array], image_size: int) -> dict[str, jax.Array]:
+  """`batch` with crops in 'image': the `image_size` squares at 'crop_offset' [B, 2] ([y, x]) of the
+  images 'image' [B, R, R, 3], uint8 [B, image_size, image_size, 3].
+
+  One dynamic slice per image: on a 2-core CPU, 1-5 ms for a batch of 128 from 256x256 images,
+  against 25-55 ms for `resize_windows` of the same windows, which resamples nothing here but
+  still interpolates (a one-off jitted loop; docs/benchmarks.md, "Pixel store").
+  """
+  offset = jnp.asarray(batch['crop_offset'], jnp.int32)
+  cut = jax.vmap(lambda image, corner: jax.lax.dynamic_slice(
+      image, (corner[0], corner[1], 0), (image_size, image_size, image.shape[-1])))
+  crops = {k: v for k, v in batch.items() if k != 'crop_offset'}
+  crops['image'] = cut(jnp.asarray(batch['image']), offset)
+  return crops
+
+
+def training_crops(batch: Mapping[str, jax.Array], image_size: int) -> dict[str, jax.Array]:
+  """`batch` with its training crops in 'image': cut at 'crop_offset' (`cut_crops`, a pixel store's
+  batch), resized from 'window' (`resize_windows`, regions), or as they are (crops already)."""
+  if 'crop_offset' in batch:
+    return cut_crops(batch, image_size)
+  return resize_windows(batch, image_size)
 
 
 def flipped(batch: Mapping[str, jax.Array]) -> jax.Array:

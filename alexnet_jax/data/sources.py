@@ -20,6 +20,7 @@ shards, so every process count trains on the same examples.
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
+import multiprocessing.pool
 import os
 import threading
 
@@ -31,6 +32,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import errors
 from alexnet_jax import runtime
 from alexnet_jax.data import folders
+from alexnet_jax.data import stream
 from alexnet_jax.data import subset as subset_lib
 from alexnet_jax.data.info import DatasetInfo
 
@@ -73,11 +75,19 @@ class Shard:
   def size(self) -> int:
     return self.stop - self.start
 
-
-def shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """Contiguous, disjoint, covering ranges whose sizes differ by at most one."""
-  return (num_examples * process_index // process_count,
-          num_examples * (process_index + 1) // process_count)
+  def read(self, blocks: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The examples of `blocks`, concatenated, as numpy arrays; the blocks (separate files) are
+    read in parallel."""
+    datasets = [(self.examples(a, b), b - a) for a, b in blocks]
+    if len(datasets) == 1:  # a folder dataset's window: no thread needed
+      parts = [to_numpy(*datasets[0])]
+    else:
+      # multiprocessing's thread pool, not concurrent.futures: its executors refuse new work once
+      # the interpreter starts to exit, before `stream.ClosedAtExit` has dropped a stream that is
+      # still alive and may be reading its next window then (a traceback at every exit).
+      with multiprocessing.pool.ThreadPool(min(len(blocks), 8)) as pool:
+        parts = pool.map(lambda dataset_count: to_numpy(*dataset_count), datasets)
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def _split_blocks(boundaries: Sequence[int], start: int, stop: int) -> list[tuple[int, int]]:
@@ -142,7 +152,7 @@ def _subset_shard(whole: Shard, positions: np.ndarray, process_index: int, proce
   """This process's contiguous share of the examples at `positions` (sorted) of the split `whole`
   holds. Its blocks are the parts of `whole`'s blocks (record files) in the subset; reading one
   reads the span of its examples in `whole` and keeps those of the subset."""
-  lo, hi = shard_range(len(positions), process_index, process_count)
+  lo, hi = stream.shard_range(len(positions), process_index, process_count)
   ends = np.searchsorted(positions, [b for _, b in whole.blocks])  # block ends, in subset positions
   blocks = tuple((a - lo, b - lo) for a, b in _split_blocks(sorted(set(ends.tolist())), lo, hi))
   member = np.zeros(whole.size, bool)
@@ -240,7 +250,7 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
     pieces.append((instruction.splitname, instruction.from_ or 0,
                    length if instruction.to is None else instruction.to))
   piece_starts = np.cumsum([0] + [to - from_ for _, from_, to in pieces])
-  lo, hi = shard_range(int(piece_starts[-1]), process_index, process_count)
+  lo, hi = stream.shard_range(int(piece_starts[-1]), process_index, process_count)
 
   def locate(start: int, stop: int) -> list[str]:
     """TFDS split strings for examples [start, stop) of the spec."""
@@ -281,7 +291,7 @@ def _tfds_shard(name: str, data_dir: str | None, split: str, process_index: int,
 def _folder_shard(root: str, split: str, strict: bool, process_index: int, process_count: int
                   ) -> Shard:
   paths, labels = folders.images(root, split, strict)
-  lo, hi = shard_range(len(paths), process_index, process_count)
+  lo, hi = stream.shard_range(len(paths), process_index, process_count)
 
   def examples(start: int, stop: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(
@@ -317,9 +327,9 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if config.train_examples == -1:
     return info
   if config.train_examples > info.num_train_examples:
-    raise ValueError(f'config.train_examples={config.train_examples} is more than the '
-                     f'{info.num_train_examples} examples of {config.dataset} '
-                     f'{config.train_split}: use at most that, or -1 for all of them.')
+    raise errors.InvalidError(f'config.train_examples={config.train_examples} is more than the '
+                              f'{info.num_train_examples} examples of {config.dataset} '
+                              f'{config.train_split}: use at most that, or -1 for all of them.')
   return dataclasses.replace(info, num_train_examples=config.train_examples)
 
 

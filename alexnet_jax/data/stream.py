@@ -1,24 +1,45 @@
-"""A process's endless, seekable training stream: epochs of a shard, a permuted window at a time.
+"""Which examples a process reads, and in which order it trains on them: shards and epochs.
 
-Epoch e visits the shard in an order that is a function of (seed, e): its blocks
-(alexnet_jax/data/sources.py) in a random order, grouped into windows of about
-`shard.window_examples` examples, each window loaded and permuted as a whole. So the examples of
-stream position p are a function of (seed, p), and a run restarted at step s seeks straight to its
-batch: a seek reads at most the window it lands in and decodes nothing it skips. A folder dataset's
-shard is one block and a single window, so each of its epochs is a uniform permutation.
+A process reads a contiguous shard of each split (`shard_range`). Its training stream is an
+endless sequence of epochs of that shard; epoch e visits the shard in an order that is a function
+of (seed, e): its blocks (ranges cheap to read as a unit, e.g. a TFDS record file,
+alexnet_jax/data/sources.py) in a random order, grouped into windows of about `window_examples`
+examples, each window loaded and permuted as a whole (`window_order`). So the examples of stream
+position p are a function of (seed, p), and a run restarted at step s seeks straight to its batch:
+a seek reads at most the window it lands in and decodes nothing it skips. A folder dataset's shard
+is one block and a single window, and so is a pixel store's (alexnet_jax/data/store.py), read by
+position: each of their epochs is a uniform permutation, the same one for the same shard size.
+
+NumPy only: the pixel store reads its shards without TensorFlow.
 """
 
 import atexit
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 import functools
-import multiprocessing.pool
+from typing import Protocol
 import weakref
 
 import numpy as np
 
-from alexnet_jax.data import sources
 
-def epoch_windows(shard: sources.Shard, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+def shard_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """The examples [start, stop) of a split of `num_examples` that process `process_index` reads:
+  contiguous, disjoint, covering ranges whose sizes differ by at most one."""
+  return (num_examples * process_index // process_count,
+          num_examples * (process_index + 1) // process_count)
+
+
+class Blocks(Protocol):
+  """A shard as the training stream reads it (`sources.Shard`)."""
+  size: int
+  blocks: tuple[tuple[int, int], ...]
+  window_examples: int
+
+  def read(self, blocks: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The examples of `blocks`, concatenated: 'index' and whatever else the shard holds."""
+
+
+def epoch_windows(shard: Blocks, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
   """Epoch `epoch`'s blocks in a (seed, epoch)-random order, grouped into windows."""
   order = np.random.default_rng([seed, epoch]).permutation(len(shard.blocks))
   windows, window, size = [], [], 0
@@ -31,22 +52,16 @@ def epoch_windows(shard: sources.Shard, seed: int, epoch: int) -> list[list[tupl
   return windows + [window] if window else windows
 
 
-def _read_blocks(shard: sources.Shard, blocks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-  """The examples of `blocks`, concatenated; the blocks (separate files) are read in parallel."""
-  datasets = [(shard.examples(a, b), b - a) for a, b in blocks]
-  if len(datasets) == 1:  # a folder dataset's window: no thread needed
-    parts = [sources.to_numpy(*datasets[0])]
-  else:
-    # multiprocessing's thread pool, not concurrent.futures: its executors refuse new work once the
-    # interpreter starts to exit, before `ClosedAtExit` has dropped a stream that is still alive and
-    # may be reading its next window then (a traceback at every exit).
-    with multiprocessing.pool.ThreadPool(min(len(blocks), 8)) as pool:
-      parts = pool.map(lambda dataset_count: sources.to_numpy(*dataset_count), datasets)
-  return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+def window_order(seed: int, epoch: int, window_index: int, size: int) -> np.ndarray:
+  """The order, int64 [size], in which epoch `epoch` visits the `size` examples of its window
+  `window_index`: for a shard that is one window (a folder dataset, a pixel store), the whole
+  epoch's order."""
+  return np.random.default_rng([seed, epoch, window_index]).permutation(size)
 
 
-def train_windows(shard: sources.Shard, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-  """This process's endless training stream from position `start`, a permuted window at a time."""
+def train_windows(shard: Blocks, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's endless training stream from position `start`, a permuted window at a time,
+  each example with its 'epoch'."""
   epoch, offset = divmod(start, shard.size)
   while True:
     for window_index, blocks in enumerate(epoch_windows(shard, seed, epoch)):
@@ -54,8 +69,8 @@ def train_windows(shard: sources.Shard, seed: int, start: int) -> Iterator[dict[
       if offset >= size:  # seeking: skip the window without reading it
         offset -= size
         continue
-      examples = _read_blocks(shard, blocks)
-      order = np.random.default_rng([seed, epoch, window_index]).permutation(size)[offset:]
+      examples = shard.read(blocks)
+      order = window_order(seed, epoch, window_index, size)[offset:]
       offset = 0
       examples = {k: v[order] for k, v in examples.items()}
       examples['epoch'] = np.full(len(order), epoch, np.int64)
@@ -66,12 +81,13 @@ def train_windows(shard: sources.Shard, seed: int, start: int) -> Iterator[dict[
 class ClosedAtExit:
   """An iterator that is dropped when the interpreter starts to exit, if it is still alive then.
 
-  The training stream's windows come from a Python generator that TensorFlow calls from its own
-  threads. An iterator still alive when Python finalizes (a module global, a notebook variable) would
-  be destroyed after those threads can no longer enter Python: a window read in flight then never
-  ends and the process hangs at exit. Dropping the iterator from an `atexit` hook, while Python still
-  runs, lets any call in flight finish. The hook is registered by the first such stream, not on
-  import.
+  The training streams' work runs in other threads: TensorFlow calls the window generator from its
+  own, and a pixel store makes its batches in a thread pool (alexnet_jax/data/store.py). An
+  iterator still alive when Python finalizes (a module global, a notebook variable) would be
+  destroyed after those threads can no longer enter Python: a window read in flight then never ends
+  and the process hangs at exit, and a pool ended then fails noisily. Dropping the iterator from an
+  `atexit` hook, while Python still runs, lets any call in flight finish. The hook is registered by
+  the first such stream, not on import.
   """
 
   _open: 'weakref.WeakSet[ClosedAtExit]' = weakref.WeakSet()

@@ -59,13 +59,15 @@ class MetricsWriter:
       return
     record = {'step': int(step), 'split': split, 'wall_time': time.time()}
     record.update({k: _to_python(v) for k, v in values.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
     summary = summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=k, simple_value=float(v))
         for k, v in values.items() if isinstance(_to_python(v), (int, float))])
+    # The event first: its file is opened at a run's first record, which fails in a read-only
+    # workdir before metrics.jsonl (an existing file, appendable there) holds half a record.
     self._write_event(split, event_pb2.Event(wall_time=record['wall_time'], step=int(step),
                                              summary=summary))
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
 
   def write_image(self, step: int, tag: str, image: np.ndarray, split: str = 'train') -> None:
     """A uint8 [H, W, 3] image to TensorBoard's image tab."""

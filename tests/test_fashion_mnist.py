@@ -2,6 +2,7 @@
 TFDS's registered `fashion_mnist` builder and the project's data interface."""
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -108,3 +109,24 @@ def test_files_that_are_missing_or_not_idx_are_named(idx_dir, tmp_path):
   with pytest.raises(fashion_mnist.IdxFileError, match='is not an idx file of images'):
     fashion_mnist.idx_count(labels, 2051)
   assert fashion_mnist.idx_count(labels, 2049) == 12
+
+
+def test_the_shipped_config_trains_on_it_with_its_own_statistics(data_dir, tmp_path):
+  """configs/fashion_mnist.py, as its docstring runs it, for two steps: it measures the split's
+  pixel statistics, records them in config.json, and evaluates on the test split."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/fashion_mnist.py',
+       f'--workdir={workdir}', f'--config.data_dir={data_dir}', '--config.batch_size=8',
+       '--config.num_train_steps=2', '--config.eval_every_steps=2'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'config.json', encoding='utf-8') as f:
+    augment = json.load(f)['augment']
+  pixels = np.stack([example['image'] for example in tfds.as_numpy(
+      tfds.builder('fashion_mnist', data_dir=data_dir).as_dataset(split='train'))]).astype(float)
+  np.testing.assert_allclose(augment['mean_rgb'], [pixels.mean()] * 3, rtol=1e-9)
+  np.testing.assert_allclose(augment['std_rgb'], [pixels.std()] * 3, rtol=1e-9)
+  with open(workdir / 'metrics.jsonl', encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [2]

@@ -54,6 +54,19 @@ def test_the_study_judges_each_claim_in_its_regime():
   assert len(by_regime['full data']) == 5 and len(by_regime['small data']) == 4
 
 
+def test_each_departure_point_undoes_a_choice_of_the_fashion_mnist_config():
+  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  points = sweep.load_sweep(os.path.join(REPO, 'configs/sweeps/fashion_mnist_departures.py'))
+  adapted = fashion_mnist.get_config()
+  assert points[0] == {}
+  for point in points[1:]:
+    config = adapted.copy_and_resolve_references()
+    config.update_from_flattened_dict(point)
+    config_validation.validate(config)
+    assert all(functools.reduce(getattr, key.split('.'), adapted) != value
+               for key, value in point.items()), point
+
+
 def test_bad_sweep_files_are_clear_errors(tmp_path):
   no_function = tmp_path / 'no_function.py'
   no_function.write_text('POINTS = [{}]\n')

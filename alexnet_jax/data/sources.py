@@ -121,7 +121,7 @@ def _memoized_shard(dataset: str, data_dir: str | None, split: str, strict: bool
     try:
       positions = subset_lib.balanced_subset(labels, examples)
     except ValueError as e:
-      raise ValueError(f'{dataset} {split}: {e}') from None
+      raise errors.InvalidError(f'{dataset} {split}: {e}') from None
     made = _subset_shard(whole, positions, process_index, process_count)
     cache = cache or (not dataset.startswith(folders.PREFIX)
                       and _tfds_bytes(dataset, data_dir, split, examples) < _SUBSET_IN_MEMORY_BYTES)

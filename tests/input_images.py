@@ -1,5 +1,7 @@
-"""Small image files for input-pipeline tests: folder datasets of real JPEGs and PNGs."""
+"""Small image files for input-pipeline tests: folder datasets of real JPEGs and PNGs; and the check
+that a training stream resumed at a step gives the batches of an uninterrupted one."""
 
+from collections.abc import Callable, Iterator
 import io
 import os
 
@@ -42,3 +44,18 @@ def write_folder_dataset(root: str, *, classes: int = 3, train_per_class: int = 
         with open(os.path.join(directory, name), 'wb') as f:
           f.write(encode(image_array(rng, height, width), 'PNG' if is_png else 'JPEG'))
   return root
+
+
+def assert_resumed_streams_match(batches: Callable[[int], Iterator[dict]], steps: int,
+                                 starts: tuple[int, ...]) -> None:
+  """`batches(start_step)` started at each of `starts` gives, key for key, the batches of the stream
+  started at step 0, up to step `steps`."""
+  stream = batches(0)
+  uninterrupted = [next(stream) for _ in range(steps)]
+  for start in starts:
+    resumed = batches(start)
+    for step in range(start, steps):
+      batch = next(resumed)
+      assert batch.keys() == uninterrupted[step].keys()
+      for key in batch:
+        np.testing.assert_array_equal(batch[key], uninterrupted[step][key])

@@ -119,14 +119,8 @@ def test_resume_at_step_s_gives_the_uninterrupted_batches(folder, process_count)
   config = _config(folder)
   for process_index in range(process_count):
     kwargs = dict(local_batch_size=4, process_index=process_index, process_count=process_count)
-    stream = pipeline.train_batches(config, start_step=0, **kwargs)
-    uninterrupted = [next(stream) for _ in range(9)]  # more than an epoch
-    for start in (2, 4, 7):
-      resumed = pipeline.train_batches(config, start_step=start, **kwargs)
-      for step in range(start, 9):
-        batch = next(resumed)
-        for key in ('image', 'flip', 'rgb_shift', 'label'):
-          np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
+    input_images.assert_resumed_streams_match(  # more than an epoch
+        lambda start: pipeline.train_batches(config, start_step=start, **kwargs), 9, (2, 4, 7))
 
 
 def test_eval_shards_are_disjoint_padded_and_covering(folder):

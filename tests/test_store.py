@@ -324,14 +324,8 @@ def test_a_stream_resumed_at_step_s_gives_the_uninterrupted_batches(png_store, p
   config = _store_config(png_store)
   for process_index in range(process_count):
     kwargs = dict(local_batch_size=4, process_index=process_index, process_count=process_count)
-    stream = store.train_batches(config, start_step=0, **kwargs)
-    uninterrupted = [next(stream) for _ in range(11)]  # over two epochs
-    for start in (1, 4, 9):
-      resumed = store.train_batches(config, start_step=start, **kwargs)
-      for step in range(start, 11):
-        batch = next(resumed)
-        for key in batch:
-          np.testing.assert_array_equal(batch[key], uninterrupted[step][key])
+    input_images.assert_resumed_streams_match(  # over two epochs
+        lambda start: store.train_batches(config, start_step=start, **kwargs), 11, (1, 4, 9))
 
 
 def test_each_process_reads_its_own_shard_files_and_together_they_cover_the_split(

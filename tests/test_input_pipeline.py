@@ -9,7 +9,6 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from alexnet_jax import defaults
 from alexnet_jax.data import decode
@@ -19,6 +18,7 @@ from alexnet_jax.data import pipeline
 from alexnet_jax.data import pixels
 from alexnet_jax.data import sources
 from alexnet_jax.data import statistics
+import imagenet_mock
 import input_images
 
 # Crop positions as training draws them (`training_draws`), uniform in [0, 1)^2.
@@ -353,15 +353,8 @@ def _mock_config(data_dir: str):
 @pytest.fixture
 def mock_imagenet(tmp_path):
   """imagenet2012 metadata with tiny splits, and TFDS mocked to make up its examples."""
-  metadata_dir = str(tmp_path / 'metadata')
-  builder = tfds.builder('imagenet2012', data_dir=metadata_dir)
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=0)
-      for name, lengths in (('train', MOCK_TRAIN_FILES), ('validation', MOCK_VALIDATION_FILES))]))
-  os.makedirs(builder.data_dir)
-  builder.info.write_to_directory(builder.data_dir)
-  with tfds.testing.mock_data(num_examples=max(MOCK_TRAIN_FILES + MOCK_VALIDATION_FILES),
-                              policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata_dir):
+  with imagenet_mock.mocked(str(tmp_path / 'metadata'), MOCK_TRAIN_FILES,
+                            MOCK_VALIDATION_FILES):
     yield str(tmp_path / 'data_dir')
 
 
@@ -449,19 +442,13 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 # is reading its next window (several record files, in threads) when the interpreter starts to exit.
 _STREAM_ALIVE_AT_EXIT = textwrap.dedent("""
     import os, sys, tempfile
-    import tensorflow_datasets as tfds
+    sys.path.insert(0, 'tests')
+    import imagenet_mock
     from alexnet_jax import defaults
     from alexnet_jax.data import pipeline, sources
 
     tmp = tempfile.mkdtemp()
-    builder = tfds.builder('imagenet2012', data_dir=os.path.join(tmp, 'metadata'))
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=0)
-        for name, lengths in (('train', [13, 13, 12, 12] * 4), ('validation', [11]))]))
-    os.makedirs(builder.data_dir)
-    builder.info.write_to_directory(builder.data_dir)
-    MOCK = tfds.testing.mock_data(num_examples=13, policy=tfds.testing.MockPolicy.USE_FILES,
-                                  data_dir=os.path.join(tmp, 'metadata'))
+    MOCK = imagenet_mock.mocked(os.path.join(tmp, 'metadata'), [13, 13, 12, 12] * 4, [11])
     MOCK.__enter__()  # for the rest of the process, which ends with the stream alive
     config = defaults.get_config()
     config.data_dir = os.path.join(tmp, 'data_dir')

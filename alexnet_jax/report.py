@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import textwrap
 
 from absl import app
 from absl import flags
@@ -397,22 +398,48 @@ def _gap_by_step(run: Run) -> dict[int, float]:
   return {r['step']: r['top1_err'] - on_train[r['step']] for r in run.eval if r['step'] in on_train}
 
 
+def _regime_head(group: list[Point], points: list[Point]) -> Point:
+  """The point of a regime (`regimes`) the others are compared with: the one whose own baseline is
+  outside the regime."""
+  return next(p for p in group if baseline_of(p, points) not in group)
+
+
+def _legend_label(point: Point, head: Point) -> str:
+  """A point as its regime's legend names it: 'baseline' for the head, otherwise only the
+  overrides the head does not have (the regime's own are in the row's title)."""
+  if point is head:
+    return 'baseline'
+  if point.overrides is None or head.overrides is None:
+    return point.name
+  return _overrides_text({key: value for key, value in point.overrides.items()
+                          if key not in head.overrides or head.overrides[key] != value})
+
+
+def _overrides_text(overrides: dict) -> str:
+  return ', '.join(f'{key}={value}' for key, value in overrides.items())
+
+
 def plot_curves(points: list[Point], panels: list[tuple[str, object]], path: str,
                 markers: bool = False) -> None:
-  """One column per (label, value_of) in `panels`, one row per regime (`regimes`); per point, its
-  mean over seeds in a ± std band."""
+  """One column per (label, value_of) in `panels`, one row per regime (`regimes`), titled by the
+  regime's own overrides; per point, its mean over seeds in a ± std band."""
   rows = regimes(points)
   figure, axes = plt.subplots(len(rows), len(panels), figsize=(6 * len(panels), 4.5 * len(rows)),
                               squeeze=False)
   for row, group in zip(axes, rows):
+    head = _regime_head(group, points)
     for axis, (label, value_of) in zip(row, panels):
       for point in group:
         steps, mean, std = curve(point, value_of)
-        line, = axis.plot(steps, mean, label=point.name, marker='.' if markers else None)
+        line, = axis.plot(steps, mean, label=_legend_label(point, head),
+                          marker='.' if markers else None)
         axis.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
       axis.set_xlabel('step')
       axis.set_ylabel(label)
       axis.grid(alpha=0.3)
+    if head.overrides:
+      row[0].set_title(textwrap.fill(f'baseline: {_overrides_text(head.overrides)}', 90),
+                       fontsize=8, loc='left')
     row[0].legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=100)

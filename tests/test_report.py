@@ -252,8 +252,12 @@ def test_a_verdict_a_lower_bound_could_overturn_is_inconclusive():
 
 def test_points_are_grouped_by_regime(study_root):
   points = report.load_points(str(study_root))
-  assert [[p.name for p in group] for group in report.regimes(points)] == [
-      list(STUDY)[:3], list(STUDY)[3:]]
+  groups = report.regimes(points)
+  assert [[p.name for p in group] for group in groups] == [list(STUDY)[:3], list(STUDY)[3:]]
+  # The plots' legends name a point by what it changes in its regime.
+  assert [[report._legend_label(p, report._regime_head(group, points)) for p in group]
+          for group in groups] == [['baseline', 'model.lrn=False', 'model.activation=tanh'],
+                                   ['baseline', 'model.dropout_rate=0.0']]
 
 
 def test_runs_that_never_reach_the_target_count_as_lower_bounds_in_a_verdict(tmp_path):

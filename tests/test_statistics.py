@@ -69,6 +69,23 @@ def test_statistics_from_exact_sums_equal_numpy():
   np.testing.assert_allclose(vectors.T @ vectors, np.eye(3), atol=1e-12)
 
 
+def test_pixel_sums_are_exact_in_any_order_and_kept_for_their_data_only(tmp_path):
+  pixels = np.random.default_rng(7).integers(0, 256, (1000, 3)).astype(np.float64)
+  whole, chunks, per_pixel = statistics.PixelSums(), statistics.PixelSums(), statistics.PixelSums()
+  whole.add(len(pixels), pixels.sum(axis=0), pixels.T @ pixels)
+  for chunk in np.array_split(pixels[::-1], 7):  # another order, in float64 partial sums
+    chunks.add(len(chunk), chunk.sum(axis=0), chunk.T @ chunk)
+  per_pixel.add(np.ones(len(pixels), np.int64), pixels, pixels[:, :, None] * pixels[:, None, :])
+  assert whole == chunks == per_pixel
+  assert whole.sums == [int(v) for v in np.int64(pixels).sum(axis=0)]
+  path = str(tmp_path / 'sums.json')
+  statistics.write_sums(path, {'files': 1}, whole)
+  assert statistics.read_sums(path, {'files': 1}) == whole
+  assert statistics.read_sums(path, {'files': 2}) is None  # other contents: measure again
+  assert statistics.read_sums(str(tmp_path / 'none.json'), {'files': 1}) is None
+  assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
+
+
 def test_a_grey_dataset_has_one_colour_component():
   grey = np.random.default_rng(1).integers(0, 256, (50, 1)).repeat(3, axis=1)
   measured = statistics.from_sums(50, grey.sum(0), grey.T @ grey)

@@ -8,7 +8,7 @@ sums are integers below 2^53, exact in float64 whatever order TensorFlow adds th
 totals are kept as Python integers: the statistics are the same on every machine, process count and
 run (`statistics.from_sums`).
 
-The sums are written to `alexnet_jax-statistics-<split>.json` beside the data (a TFDS dataset's
+The sums are written (`statistics.write_sums`) to `alexnet_jax-statistics-<split>.json` beside the data (a TFDS dataset's
 version directory, a folder dataset's root), with what identifies the split's contents
 (`sources.split_identity`); a file whose identity no longer matches (the data was rebuilt or its
 files changed) is measured again. Where the data directory is read-only the file goes to
@@ -17,12 +17,10 @@ Fashion-MNIST's 60,000 training images take about 10 s here; ImageNet keeps its 
 (`augment.statistics='imagenet'`) and needs none of this.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 
 from absl import logging
@@ -46,17 +44,14 @@ def _image_sums(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
           'products': tf.matmul(pixels, pixels, transpose_a=True)}
 
 
-def pixel_sums(config: ml_collections.ConfigDict, split: str) -> dict:
-  """{'count', 'sums' [3], 'products' [3][3]}: exact integer sums over every pixel of `split`."""
+def pixel_sums(config: ml_collections.ConfigDict, split: str) -> statistics.PixelSums:
+  """Exact integer sums over every pixel of `split`."""
   examples = sources.split_examples(config, split).map(
       lambda ex: _image_sums(ex['encoded']), num_parallel_calls=tf.data.AUTOTUNE)
-  count, sums, products = 0, np.zeros(3, object), np.zeros((3, 3), object)
+  sums = statistics.PixelSums()
   for batch in examples.batch(_BATCH).as_numpy_iterator():
-    count += int(batch['count'].sum())
-    sums += np.rint(batch['sums']).astype(np.int64).sum(axis=0).astype(object)
-    products += np.rint(batch['products']).astype(np.int64).sum(axis=0).astype(object)
-  return {'count': count, 'sums': [int(s) for s in sums],
-          'products': [[int(p) for p in row] for row in products]}
+    sums.add(batch['count'], batch['sums'], batch['products'])
+  return sums
 
 
 def _record_paths(config: ml_collections.ConfigDict, split: str) -> tuple[list[str], dict]:
@@ -69,28 +64,6 @@ def _record_paths(config: ml_collections.ConfigDict, split: str) -> tuple[list[s
   return [os.path.join(directory, name), fallback], identity
 
 
-def _read(path: str, identity: dict) -> dict | None:
-  try:
-    with open(path, encoding='utf-8') as f:
-      record = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return record if record.get('identity') == identity else None
-
-
-def _write(path: str, record: dict) -> None:
-  """Whole or not at all (a uniquely named file renamed over `path`); raises OSError."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  descriptor, partial = tempfile.mkstemp(suffix='.tmp', dir=os.path.dirname(path))
-  try:
-    with open(descriptor, 'w', encoding='utf-8') as f:
-      json.dump(record, f, indent=2)
-    os.replace(partial, path)
-  except OSError:
-    os.unlink(partial)
-    raise
-
-
 def split_statistics(config: ml_collections.ConfigDict) -> statistics.Statistics:
   """The pixel statistics of `config.train_split`: read from its record if there is one for these
   contents, else measured and recorded (beside the data, or in the cache home if that is
@@ -98,19 +71,18 @@ def split_statistics(config: ml_collections.ConfigDict) -> statistics.Statistics
   split = config.train_split
   paths, identity = _record_paths(config, split)
   for path in paths:
-    record = _read(path, identity)
-    if record is not None:
+    sums = statistics.read_sums(path, identity)
+    if sums is not None:
       logging.info('pixel statistics of %s %s read from %s', config.dataset, split, path)
-      return statistics.from_sums(record['count'], record['sums'], record['products'])
+      return sums.statistics()
   start = time.time()
   sums = pixel_sums(config, split)
-  measured = statistics.from_sums(sums['count'], sums['sums'], sums['products'])
+  measured = sums.statistics()
   logging.info('pixel statistics of %s %s measured in %.1f s: %s', config.dataset, split,
                time.time() - start, measured)
-  record = {'identity': identity, **sums, 'statistics': dataclasses.asdict(measured)}
   for path in paths:
     try:
-      _write(path, record)
+      statistics.write_sums(path, identity, sums)
       return measured
     except OSError as error:
       logging.info('cannot write %s (%s)', path, error)

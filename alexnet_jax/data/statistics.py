@@ -4,8 +4,9 @@ Two sets, chosen by `config.augment.statistics`:
   * 'imagenet' (the default, the paper's recipe): ImageNet's published per-channel mean and std and
     the eigenvectors and eigenvalues of its RGB covariance, whatever the dataset;
   * 'dataset': the same four measured on the run's own training split (§4.1 did its PCA
-    "throughout the ImageNet training set"), from exact integer sums of its pixels
-    (alexnet_jax/data/measure.py, cached beside the data). A run records them in config.json
+    "throughout the ImageNet training set"), from exact integer sums of its pixels (`PixelSums`:
+    alexnet_jax/data/measure.py decodes the images, a pixel store sums its squares; either keeps
+    the sums beside the data). A run records them in config.json
     (`config.augment.mean_rgb`, ...), where the device steps, evaluation, prediction and the
     neighbours figure read them: constants known on the host at start, baked into the jitted steps.
 
@@ -21,6 +22,9 @@ so its lighting noise brightens and darkens an image without colouring it.
 
 import dataclasses
 from collections.abc import Sequence
+import json
+import os
+import tempfile
 
 import ml_collections
 import numpy as np
@@ -83,6 +87,63 @@ def from_sums(count: int, sums: Sequence[int], products: Sequence[Sequence[int]]
       mean=tuple(float(s / count) for s in sums), std=tuple(map(float, std)),
       eigenvalues=tuple(float(255.0 * v) for v in values),
       eigenvectors=tuple(tuple(map(float, row)) for row in vectors))
+
+
+@dataclasses.dataclass
+class PixelSums:
+  """Exact sums over RGB pixels (0..255), as Python integers: how many, each channel's values [3]
+  and each pair of channels' products [3][3]. Whatever order the pixels come in, the totals, and
+  the statistics made from them (`from_sums`), are the same on every machine and process count.
+
+  Measured by alexnet_jax/data/measure.py (a split's encoded images) and alexnet_jax/data/store.py
+  (a pixel store's squares), and kept beside the data (`write_sums`, `read_sums`).
+  """
+  count: int = 0
+  sums: list[int] = dataclasses.field(default_factory=lambda: [0] * 3)
+  products: list[list[int]] = dataclasses.field(default_factory=lambda: [[0] * 3 for _ in range(3)])
+
+  def add(self, count: int | np.ndarray, sums: np.ndarray, products: np.ndarray) -> None:
+    """Adds partial sums, [..., 3] and [..., 3, 3] over any leading axes, held in float64: exact
+    while each is an integer below 2^53 (3.4e7 pixels * 255^2 < 2.3e12); summed on in int64."""
+    self.count += int(np.sum(count))
+    sums = np.rint(sums).astype(np.int64).reshape(-1, 3).sum(axis=0)
+    products = np.rint(products).astype(np.int64).reshape(-1, 3, 3).sum(axis=0)
+    self.sums = [a + int(b) for a, b in zip(self.sums, sums)]
+    self.products = [[a + int(b) for a, b in zip(row, new)]
+                     for row, new in zip(self.products, products)]
+
+  def statistics(self) -> Statistics:
+    return from_sums(self.count, self.sums, self.products)
+
+
+def read_sums(path: str, identity: dict) -> PixelSums | None:
+  """The sums `write_sums` kept in `path` for data of this `identity`; None if there are none, or
+  they are of other contents (the data was rebuilt or changed)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    if record.get('identity') == identity:
+      return PixelSums(record['count'], record['sums'], record['products'])
+  except (OSError, ValueError, KeyError, AttributeError):
+    pass
+  return None
+
+
+def write_sums(path: str, identity: dict, sums: PixelSums) -> None:
+  """Keeps `sums` of the data `identity` names in `path` (JSON, with the statistics for a reader),
+  whole or not at all: a uniquely named file renamed over `path`, so that processes measuring at
+  once cannot interleave. Raises OSError (a read-only folder)."""
+  record = {'identity': identity, **dataclasses.asdict(sums),
+            'statistics': dataclasses.asdict(sums.statistics())}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  descriptor, partial = tempfile.mkstemp(suffix='.tmp', dir=os.path.dirname(path))
+  try:
+    with open(descriptor, 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=2)
+    os.replace(partial, path)
+  except OSError:
+    os.unlink(partial)
+    raise
 
 
 def recorded(augment: ml_collections.ConfigDict) -> bool:

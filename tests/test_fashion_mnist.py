@@ -55,14 +55,20 @@ def idx_dir(tmp_path_factory):
   return directory
 
 
-@pytest.fixture(scope='module')
-def data_dir(idx_dir, tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
+def prepare(idx_dir: str, data_dir: str) -> None:
+  """`python -m alexnet_jax.prepare --dataset=fashion_mnist` from the idx files in `idx_dir`, in a
+  process of its own, as users run it."""
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.prepare', '--dataset=fashion_mnist',
        f'--manual_dir={idx_dir}', f'--data_dir={data_dir}'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope='module')
+def data_dir(idx_dir, tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  prepare(idx_dir, data_dir)
   return data_dir
 
 

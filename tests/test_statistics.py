@@ -22,7 +22,7 @@ from alexnet_jax.data import measure
 from alexnet_jax.data import pixels
 from alexnet_jax.data import statistics
 import test_distributed
-from test_fashion_mnist import REPO, write_idx
+from test_fashion_mnist import REPO, prepare, write_idx
 
 RECORD = 'alexnet_jax-statistics-train.json'
 
@@ -166,11 +166,7 @@ def fashion_mnist(tmp_path_factory) -> tuple[str, np.ndarray]:
     write_idx(idx_dir, f'{prefix}-labels-idx1-ubyte', labels, False)
     train = images if prefix == 'train' else train
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.prepare', '--dataset=fashion_mnist',
-       f'--manual_dir={idx_dir}', f'--data_dir={data_dir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  prepare(idx_dir, data_dir)
   return data_dir, train.astype(np.uint8)
 
 

@@ -3,8 +3,6 @@ sharding (the same examples for every process count), for TFDS and folder datase
 config.eval_train_examples, the training error measured on it without augmentation."""
 
 import json
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +18,7 @@ from alexnet_jax.data import sources
 from alexnet_jax.data import stream
 from alexnet_jax.data import subset
 import input_images
-from test_fashion_mnist import REPO, images_of, write_idx
+from test_fashion_mnist import images_of, prepare, write_idx
 from test_train import tiny_config
 
 # A training split of 60 whose classes are far from equal: 7, 8 and 9 cannot fill a share of 4.
@@ -41,11 +39,7 @@ def tfds_dir(tmp_path_factory) -> str:
     write_idx(idx_dir, f'{prefix}-images-idx3-ubyte', images_of(labels, split_id), False)
     write_idx(idx_dir, f'{prefix}-labels-idx1-ubyte', labels, False)
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.prepare', '--dataset=fashion_mnist',
-       f'--manual_dir={idx_dir}', f'--data_dir={data_dir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  prepare(idx_dir, data_dir)
   return data_dir
 
 

@@ -25,7 +25,6 @@ import time
 
 from absl import logging
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.data import folders

@@ -1,11 +1,15 @@
 """The ablation study: every claim of the paper, each in the regime where its measure can show it.
 
   python -m launch.sweep --config=configs/fashion_mnist.py --sweep=configs/sweeps/study.py \
-      --workdir=/path/to/study --launcher=local --seeds=3 -- --config.log_every_steps=10
+      --workdir=/path/to/study --launcher=local --seeds=3 -- \
+      --config.dataset=store:/path/to/store76 --config.num_epochs=2 --config.log_every_steps=10
   python -m alexnet_jax.report /path/to/study
 
+(27 runs, 43 minutes on a 2-core CPU; docs/ablations.md has the store's command, the results and a
+verdict per claim.)
+
 Two regimes, one root:
-  * full data (the whole training split): the points of configs/sweeps/ablations.py but dropout
+  * full data (the whole training split; `num_epochs` from the command line): the points of configs/sweeps/ablations.py but dropout
     and augmentation; ReLU against tanh by the steps to 25% training error (Figure 1), LRN,
     overlapping pools, the two groups and depth by the test error;
   * small data (a class-balanced SMALL_DATA['train_examples'] of the training split, trained for

@@ -49,8 +49,9 @@ IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 _DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'TFDS name of the dataset to build.')
 _MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files); '
-    'not needed once the dataset is built.')
+    'manual_dir', None, 'Folder with the manually downloaded files (ImageNet: the two tar files; '
+    f'Fashion-MNIST: the four idx files, by default from {fashion_mnist.DEBIAN_DIR} where Debian '
+    'installs them); not needed once the dataset is built.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'TFDS data dir to write to; the same as config.data_dir when training.')
 _DOWNSAMPLE_TO = flags.DEFINE_string(
@@ -83,6 +84,9 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
   else:
     if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
       _check_imagenet_tars(manual_dir)
+    if dataset == fashion_mnist.NAME and not manual_dir and os.path.isdir(fashion_mnist.DEBIAN_DIR):
+      manual_dir = fashion_mnist.DEBIAN_DIR  # installed by Debian: no download, also offline
+      logging.info('building %s from the idx files in %s', dataset, manual_dir)
     if dataset == fashion_mnist.NAME and manual_dir:  # from idx files on disk, not the web
       builder = fashion_mnist.build(manual_dir, data_dir)
     else:

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import data
 from alexnet_jax import defaults
+from alexnet_jax import prepare as prepare_command
 from alexnet_jax.data import fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,14 @@ def data_dir(idx_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   prepare(idx_dir, data_dir)
   return data_dir
+
+
+def test_without_manual_dir_prepare_reads_the_files_where_debian_installs_them(
+    idx_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(fashion_mnist, 'DEBIAN_DIR', idx_dir)
+  builder = prepare_command.prepare('fashion_mnist', data_dir=str(tmp_path))
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+      'train': 30, 'test': 12}
 
 
 def test_the_registered_builder_reads_every_image_with_its_label(data_dir):

@@ -7,6 +7,8 @@ writes the same dataset from them, offline:
 
   python -m alexnet_jax.prepare --dataset=fashion_mnist --manual_dir=/usr/share/datasets/fashion-mnist
 
+(without --manual_dir, prepare looks in DEBIAN_DIR before it tries the web).
+
 It uses TFDS's registered builder class for everything but finding the files: the same name,
 version, features (28x28x1 PNG images, the ten ClassLabel names), splits ('train', 60,000; 'test',
 10,000) and record files. Training then reads it with `--config.dataset=fashion_mnist` exactly as
@@ -23,6 +25,7 @@ from tensorflow_datasets.image_classification import mnist
 from alexnet_jax import errors
 
 NAME = 'fashion_mnist'
+DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'  # where dataset-fashion-mnist installs the files
 # The four files, as the dataset's site names them; each may also be gzipped (NAME.gz).
 FILES = {
     'train_images': 'train-images-idx3-ubyte',

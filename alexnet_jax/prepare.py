@@ -84,11 +84,11 @@ def prepare(dataset: str, *, manual_dir: str | None = None, data_dir: str | None
   else:
     if dataset.split('/')[0].split(':')[0] == 'imagenet2012':
       _check_imagenet_tars(manual_dir)
-    if dataset == fashion_mnist.NAME and not manual_dir and os.path.isdir(fashion_mnist.DEBIAN_DIR):
-      manual_dir = fashion_mnist.DEBIAN_DIR  # installed by Debian: no download, also offline
-      logging.info('building %s from the idx files in %s', dataset, manual_dir)
-    if dataset == fashion_mnist.NAME and manual_dir:  # from idx files on disk, not the web
-      builder = fashion_mnist.build(manual_dir, data_dir)
+    if dataset == fashion_mnist.NAME and (manual_dir or os.path.isdir(fashion_mnist.DEBIAN_DIR)):
+      # From idx files on disk, not the web: those given, else Debian's (also offline).
+      idx_dir = manual_dir or fashion_mnist.DEBIAN_DIR
+      logging.info('building %s from the idx files in %s', dataset, idx_dir)
+      builder = fashion_mnist.build(idx_dir, data_dir)
     else:
       download_config = tfds.download.DownloadConfig(
           manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)

@@ -8,10 +8,10 @@ sums are integers below 2^53, exact in float64 whatever order TensorFlow adds th
 totals are kept as Python integers: the statistics are the same on every machine, process count and
 run (`statistics.from_sums`).
 
-The sums are written (`statistics.write_sums`) to `alexnet_jax-statistics-<split>.json` beside the data (a TFDS dataset's
-version directory, a folder dataset's root), with what identifies the split's contents
-(`sources.split_identity`); a file whose identity no longer matches (the data was rebuilt or its
-files changed) is measured again. Where the data directory is read-only the file goes to
+The sums are written (`statistics.write_sums`) to `alexnet_jax-statistics-<split>.json` beside the
+data (a TFDS dataset's version directory, a folder dataset's root), with what identifies the split's
+contents (`sources.split_identity`); a file whose identity no longer matches (the data was rebuilt
+or its files changed) is measured again. Where the data directory is read-only the file goes to
 $XDG_CACHE_HOME/alexnet_jax/statistics/ (default ~/.cache/...), named by a digest of that identity.
 Fashion-MNIST's 60,000 training images take about 10 s here; ImageNet keeps its published values
 (`augment.statistics='imagenet'`) and needs none of this.

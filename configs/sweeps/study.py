@@ -9,9 +9,9 @@
 verdict per claim.)
 
 Two regimes, one root:
-  * full data (the whole training split; `num_epochs` from the command line): the points of configs/sweeps/ablations.py but dropout
-    and augmentation; ReLU against tanh by the steps to 25% training error (Figure 1), LRN,
-    overlapping pools, the two groups and depth by the test error;
+  * full data (the whole training split; `num_epochs` from the command line): the points of
+    configs/sweeps/ablations.py but dropout and augmentation; ReLU against tanh by the steps to 25%
+    training error (Figure 1), LRN, overlapping pools, the two groups and depth by the test error;
   * small data (a class-balanced SMALL_DATA['train_examples'] of the training split, trained for
     more epochs): dropout and augmentation, which the paper calls remedies for overfitting, by the
     test error and by the train-test gap (the training error measured without augmentation or

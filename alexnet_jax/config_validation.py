@@ -102,6 +102,8 @@ RULES: dict[str, _Rule] = {
     'model.init_scheme': _one_of(*model_lib.INIT_SCHEMES),
     'model.dtype': _one_of(*model_lib.DTYPES),
     'model.conv_impl': _one_of(*model_lib.CONV_IMPLS),
+    'model.conv1_kernel': _Rule(_INT, lambda v: v >= 0, "an integer >= 1, or 0 for the layout's 11"),
+    'model.conv1_stride': _Rule(_INT, lambda v: v >= 0, "an integer >= 1, or 0 for the layout's 4"),
     'model.remove_conv': _one_of(0, *model_lib.REMOVABLE_CONVS),
     'init_from': _Rule((str,), lambda v: not v or os.path.isdir(os.path.join(v, 'checkpoints')),
                        'a workdir holding checkpoints/ (e.g. of alexnet_jax.convert), or ""'),
@@ -146,11 +148,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.model.remove_conv={config.model.remove_conv} removes a layer of the '
                       f'paper layout; model.variant={config.model.variant!r} is fixed to its '
                       'published weights: use variant \'paper\' or remove_conv=0')
-  smallest = model_lib.min_input_size(config.model.variant, config.model.overlapping_pool)
+  model = config.model
+  smallest = model_lib.min_input_size(model.variant, model.overlapping_pool, model.conv1_kernel,
+                                      model.conv1_stride)
   if config.image_size < smallest:
+    conv1 = model_lib.conv_layers(model.variant, model.conv1_kernel, model.conv1_stride)[0]
     raise ConfigError(f'config.image_size={config.image_size} is too small for model.variant='
-                      f'{config.model.variant!r} with overlapping_pool={config.model.overlapping_pool}: '
-                      f'the three max-pools need at least {smallest}')
+                      f'{model.variant!r} with overlapping_pool={model.overlapping_pool} and a '
+                      f'{conv1.kernel}x{conv1.kernel} stride {conv1.stride} conv1: the three max-pools '
+                      f'need at least {smallest} (model.conv1_kernel=5, conv1_stride=1 take 19)')
   _validate_data_choices(config)
   _validate_dataset(config)
 

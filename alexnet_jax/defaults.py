@@ -34,6 +34,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   # How convolutions and max-pools are computed (the same function): 'auto' | 'lax' | 'cpu_ops'.
   # 'auto' takes alexnet_jax/cpu_ops.py's rewrites on CPU, XLA's own kernels elsewhere (GPU).
   model.conv_impl = 'auto'
+  # conv1's kernel and stride; 0 keeps the layout's 11 and 4 (sized for 224-pixel photos).
+  # 5 and 1 fit 28-32 pixel images (configs/fashion_mnist.py).
+  model.conv1_kernel = 0
+  model.conv1_stride = 0
   # §7's depth ablation: 0 keeps all five convolutions; 2, 3 or 4 removes that one (its pool stays).
   model.remove_conv = 0
   return model

@@ -84,11 +84,28 @@ def pool_shape(overlapping_pool: bool) -> tuple[int, int]:
   return (3, 2) if overlapping_pool else (2, 2)
 
 
-def _feature_map_size(input_size: int, variant: str, overlapping_pool: bool) -> int:
+def conv_layers(variant: str = 'paper', conv1_kernel: int = 0,
+                conv1_stride: int = 0) -> tuple[ConvLayer, ...]:
+  """The layout's five convolutions, conv1's kernel and stride replaced where given (non-zero).
+
+  conv1's 11x11 filters at stride 4 were sized for 224-pixel photos, where they give a 55x55 map
+  (§3.5). On small images (Fashion-MNIST's 28x28, CIFAR's 32x32) the same stage at kernel 5,
+  stride 1 keeps the paper's pooling pyramid: a 28x28 crop gives a 2x2 map after the third pool
+  instead of vanishing, and the image needs no upsampling to fit.
+  """
+  _check_choice('variant', variant, VARIANTS)
+  first = CONVS[variant][0]
+  first = dataclasses.replace(first, kernel=conv1_kernel or first.kernel,
+                              stride=conv1_stride or first.stride)
+  return (first,) + CONVS[variant][1:]
+
+
+def _feature_map_size(input_size: int, layers: tuple[ConvLayer, ...],
+                      overlapping_pool: bool) -> int:
   """Spatial size of the last pool's output along one axis; 0 if the map vanishes on the way."""
   window, stride = pool_shape(overlapping_pool)
   size = input_size
-  for layer in CONVS[variant]:
+  for layer in layers:
     size = (size + 2 * layer.padding - layer.kernel) // layer.stride + 1
     if layer.pool:
       size = (size - window) // stride + 1
@@ -97,15 +114,16 @@ def _feature_map_size(input_size: int, variant: str, overlapping_pool: bool) -> 
   return size
 
 
-def min_input_size(variant: str = 'paper', overlapping_pool: bool = True) -> int:
+def min_input_size(variant: str = 'paper', overlapping_pool: bool = True, conv1_kernel: int = 0,
+                   conv1_stride: int = 0) -> int:
   """The smallest image height (and width) whose feature map survives conv1 and the three pools.
 
   67 for the paper layout (conv1 must give a 15x15 map), 63 for torchvision's (conv1 pads by 2);
-  39 and 35 with non-overlapping 2x2 pools.
+  39 and 35 with non-overlapping 2x2 pools; 19 with a 5x5, stride 1 conv1.
   """
-  _check_choice('variant', variant, VARIANTS)
+  layers = conv_layers(variant, conv1_kernel, conv1_stride)
   size = 1
-  while _feature_map_size(size, variant, overlapping_pool) < 1:
+  while _feature_map_size(size, layers, overlapping_pool) < 1:
     size += 1
   return size
 
@@ -204,6 +222,9 @@ class AlexNet(nn.Module):
     conv_impl: how convolutions and max-pools are computed, the same function either way:
       'lax' (XLA's own kernels: cuDNN on GPU), 'cpu_ops' (alexnet_jax/cpu_ops.py, faster on XLA's CPU
       backend), or 'auto': 'cpu_ops' on CPU, 'lax' elsewhere.
+    conv1_kernel, conv1_stride: conv1's filter size and stride in place of the layout's 11 and 4
+      (0 keeps them): 5 and 1 fit 28-32 pixel images (`conv_layers`); the padding stays the
+      layout's.
     remove_conv: 0 keeps all five convolutions; 2, 3 or 4 removes that one (§7's depth ablation)
       with its activation and LRN. Its max-pool stays (conv2's), so every map keeps its size and fc6
       its input; the next convolution takes the previous one's channels. Parameter names stay
@@ -220,6 +241,8 @@ class AlexNet(nn.Module):
   init_scheme: str = 'paper'
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  conv1_kernel: int = 0
+  conv1_stride: int = 0
   remove_conv: int = 0
 
   def __post_init__(self):
@@ -237,6 +260,11 @@ class AlexNet(nn.Module):
       raise ValueError(f'AlexNet dropout_rate={self.dropout_rate!r} must be in [0, 1).')
     if self.num_classes < 1:
       raise ValueError(f'AlexNet num_classes={self.num_classes!r} must be positive.')
+    for field in ('conv1_kernel', 'conv1_stride'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or value < 0:
+        raise ValueError(f'AlexNet {field}={value!r} must be an integer >= 1, or 0 for the '
+                         'layout\'s own.')
     if self.remove_conv not in (0,) + REMOVABLE_CONVS:
       raise ValueError(f'AlexNet remove_conv={self.remove_conv!r} is not 0 (none) or one of the '
                        f'middle convolutions {REMOVABLE_CONVS}.')
@@ -255,13 +283,20 @@ class AlexNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f'AlexNet expects NHWC images [batch, height, width, channels]; got shape {x.shape}.')
     height, width = x.shape[1:3]
-    if min(_feature_map_size(height, self.variant, self.overlapping_pool),
-           _feature_map_size(width, self.variant, self.overlapping_pool)) < 1:
-      smallest = min_input_size(self.variant, self.overlapping_pool)
+    layers = self.layers()
+    if min(_feature_map_size(height, layers, self.overlapping_pool),
+           _feature_map_size(width, layers, self.overlapping_pool)) < 1:
+      smallest = min_input_size(self.variant, self.overlapping_pool, self.conv1_kernel,
+                                self.conv1_stride)
       raise ValueError(
           f'Input {height}x{width} is too small for AlexNet(variant={self.variant!r}, '
-          f'overlapping_pool={self.overlapping_pool}): its feature map vanishes before the last '
-          f'pool. Use images of at least {smallest}x{smallest}.')
+          f'overlapping_pool={self.overlapping_pool}, conv1 {layers[0].kernel}x{layers[0].kernel} '
+          f'stride {layers[0].stride}): its feature map vanishes before the last pool. Use '
+          f'images of at least {smallest}x{smallest}.')
+
+  def layers(self) -> tuple[ConvLayer, ...]:
+    """The five convolutional stages this model runs (before `remove_conv`)."""
+    return conv_layers(self.variant, self.conv1_kernel, self.conv1_stride)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -273,7 +308,7 @@ class AlexNet(nn.Module):
     x = x.astype(dtype)
 
     # §3.5: LRN follows the ReLUs of conv1 and conv2; max-pools follow both LRNs and conv5.
-    for index, layer in enumerate(CONVS[self.variant], start=1):
+    for index, layer in enumerate(self.layers(), start=1):
       if index == self.remove_conv:  # §7's depth ablation: the pool stays, so do the map sizes
         if layer.pool:
           x = cpu_ops.max_pool(x, window, stride, self.conv_impl)

@@ -155,7 +155,7 @@ class TowerPair:
     tower = jax.lax.axis_index(MODEL_AXIS)
     x = images.astype(dtype)
 
-    for index, layer in enumerate(alexnet.PAPER_CONVS, start=1):
+    for index, layer in enumerate(model.layers(), start=1):
       name = f'conv{index}'
       if index > 1 and not layer.grouped:
         x = _gather_towers(x)  # conv3 reads both towers' maps

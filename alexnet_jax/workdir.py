@@ -280,7 +280,8 @@ def remove_if_empty(workdir: str) -> None:
 # The config keys that shape the train state. A workdir's checkpoints restore only into a config that
 # agrees on all of them (the fc6 input depends on image_size and the pools).
 STATE_SHAPE_KEYS = ('num_classes', 'image_size', 'optimizer', 'model.variant', 'model.groups',
-                    'model.width', 'model.overlapping_pool', 'model.remove_conv')
+                    'model.width', 'model.overlapping_pool', 'model.conv1_kernel',
+                    'model.conv1_stride', 'model.remove_conv')
 
 
 def check_config_matches(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -42,7 +42,8 @@ from absl import flags
 from alexnet_jax import cli
 from alexnet_jax import errors
 
-_CONFIG = flags.DEFINE_string('config', None, 'Base config file, e.g. configs/smoke.py.', required=True)
+_CONFIG = flags.DEFINE_string('config', None, 'Base config file, e.g. configs/smoke.py, or FILE:ARG '
+                              'for get_config(ARG).', required=True)
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().', required=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root: one subdirectory per point.', required=True)
 _LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'Where the points run.')
@@ -327,8 +328,9 @@ def submit_slurm(root: str, runs: list[Run], shared_args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
   shared_args = argv[1:]
-  if not os.path.isfile(_CONFIG.value):
-    raise errors.NotFoundError(f'--config={_CONFIG.value}: no such file')
+  config_file = _CONFIG.value.split(':', 1)[0]  # configs/x.py:arg passes arg to get_config
+  if not os.path.isfile(config_file):
+    raise errors.NotFoundError(f'--config={_CONFIG.value}: no such file {config_file}')
   points = load_sweep(_SWEEP.value)
   claims = load_claims(_SWEEP.value, points)
   root = os.path.abspath(_WORKDIR.value)

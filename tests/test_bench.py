@@ -122,3 +122,15 @@ def test_folder_check_benchmark_times_both_starts():
   assert [line.split()[0] + ' ' + line.split()[1] for line in lines[1:]] == [
       'decode check', 'check remembered']
   assert all(float(line.split()[-2]) > 0 for line in lines[1:])
+
+
+def test_host_memory_benchmark_compares_malloc_settings_in_fresh_interpreters():
+  result = subprocess.run([sys.executable, '-m', 'bench.host_memory', '--steps=3', '--rounds=1'],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].split() == ['mode', 'images/s', 'wall', 'ms', 'user', 'ms', 'system', 'ms', 'faults']
+  rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:3]}
+  assert set(rows) == {'default', 'keep'} and all(v > 0 for v in rows['keep'][:3])
+  assert rows['keep'][4] < rows['default'][4]  # the page faults a step: the point of keeping
+  assert lines[-1].startswith('keep/default images/s: ')

@@ -133,6 +133,9 @@ def test_the_launchers_fail_in_one_line(tmp_path):
                             f'--sweep={tmp_path / "missing.py"}', f'--workdir={tmp_path}'),
                     BAD_INPUT)
   assert line == f'error: --sweep={tmp_path / "missing.py"}: no such file'
+  line = error_line(command('launch.sweep', '--config=configs/missing.py:arg',
+                            '--sweep=configs/sweeps/study.py', f'--workdir={tmp_path}'), BAD_INPUT)
+  assert line == 'error: --config=configs/missing.py:arg: no such file configs/missing.py'
   line = error_line(command('launch.local', '--', '--config=configs/smoke.py',
                             '--heartbeat_timeout_seconds=soon'), BAD_INPUT)
   assert line == 'error: --heartbeat_timeout_seconds=soon: expected a whole number of seconds'

@@ -69,8 +69,16 @@ def test_the_shipped_configs_are_valid(tmp_path):
      "config.dataset='folder:/no/such/dir': '/no/such/dir' is not a directory"),
     # Sizes the network cannot take.
     ({'image_size': 66, 'resize_size': 66},
-     "config.image_size=66 is too small for model.variant='paper' with overlapping_pool=True: the three "
-     'max-pools need at least 67'),
+     "config.image_size=66 is too small for model.variant='paper' with overlapping_pool=True and a "
+     '11x11 stride 4 conv1: the three max-pools need at least 67 (model.conv1_kernel=5, '
+     'conv1_stride=1 take 19)'),
+    ({'image_size': 18, 'resize_size': 18, 'model__conv1_kernel': 5, 'model__conv1_stride': 1},
+     "config.image_size=18 is too small for model.variant='paper' with overlapping_pool=True and a "
+     '5x5 stride 1 conv1: the three max-pools need at least 19'),
+    ({'model__conv1_stride': -1},
+     "config.model.conv1_stride=-1 is invalid: expected an integer >= 1, or 0 for the layout's 4"),
+    ({'model__conv1_kernel': 5.0},
+     "config.model.conv1_kernel=5.0 is invalid: expected an integer >= 1, or 0 for the layout's 11"),
     ({'image_size': 60, 'resize_size': 60, 'model__variant': 'torchvision'},
      "config.image_size=60 is too small for model.variant='torchvision'"),
     ({'resize_size': 64}, 'config.resize_size=64 is smaller than config.image_size=67'),

@@ -317,7 +317,7 @@ def test_training_without_dropout_key_fails(small_variables):
 
 
 def _reference_logits(params, images, *, groups=2, lrn=True, activation='relu',
-                      overlapping_pool=True) -> np.ndarray:
+                      overlapping_pool=True, conv1_stride=4) -> np.ndarray:
   """The paper layout's forward pass (§3.5, eval mode) written directly in lax, without the model's
   code: convolutions as lax computes them, then the knobs as the paper describes them."""
   act = {'relu': jax.nn.relu, 'tanh': jnp.tanh}[activation]
@@ -335,7 +335,7 @@ def _reference_logits(params, images, *, groups=2, lrn=True, activation='relu',
                                  (1, stride, stride, 1), 'VALID')
 
   norm = local_response_norm if lrn else (lambda x: x)
-  x = pool(norm(conv(images, 'conv1', 4, 0)))
+  x = pool(norm(conv(images, 'conv1', conv1_stride, 0)))
   x = pool(norm(conv(x, 'conv2', 1, 2, groups)))
   x = conv(x, 'conv3', 1, 1)
   x = conv(x, 'conv4', 1, 1, groups)
@@ -355,6 +355,18 @@ def test_each_knob_computes_what_the_paper_describes(small_variables, fields, si
   # The model (on CPU through alexnet_jax/cpu_ops.py) against the lax reference above.
   logits = jax.jit(_small_model(**fields).apply)(small_variables, _images(size))
   expected = _reference_logits(small_variables['params'], _images(size), **fields)
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_small_image_conv1_computes_the_paper_layout_at_stride_1():
+  # conv1 5x5 at stride 1 on a 28x28 crop (configs/fashion_mnist.py): 24 -> pool 11 -> pool 5 ->
+  # pool 2, so fc6 reads a 2x2 map of conv5's 64 channels (width 0.25).
+  model = _small_model(conv1_kernel=5, conv1_stride=1)
+  variables = _numpy_variables(model, 28)
+  assert variables['params']['conv1']['kernel'].shape == (5, 5, 3, 24)
+  assert variables['params']['fc6']['kernel'].shape == (2 * 2 * 64, 1024)
+  logits = jax.jit(model.apply)(variables, _images(28))
+  expected = _reference_logits(variables['params'], _images(28), conv1_stride=1)
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -413,6 +425,22 @@ def test_min_input_size_is_the_boundary(variant, overlapping_pool, smallest):
     _abstract_variables(model, smallest - 1)
 
 
+@pytest.mark.parametrize('kernel, stride, smallest', [
+    (5, 1, 19),  # conv1 15 -> pool 7 -> pool 3 -> pool 1
+    (3, 1, 17),  # conv1 15, as above
+    (11, 1, 25),
+    (5, 2, 33),  # conv1 (33 - 5) // 2 + 1 = 15
+])
+def test_min_input_size_follows_conv1(kernel, stride, smallest):
+  assert min_input_size(conv1_kernel=kernel, conv1_stride=stride) == smallest
+  model = AlexNet(conv1_kernel=kernel, conv1_stride=stride)
+  conv1 = _abstract_variables(model, smallest)['params']['conv1']
+  assert conv1['kernel'].shape[:2] == (kernel, kernel)
+  message = f'{kernel}x{kernel} stride {stride}.*at least {smallest}x{smallest}'
+  with pytest.raises(ValueError, match=message):
+    _abstract_variables(model, smallest - 1)
+
+
 def test_non_square_input_checks_both_sides():
   model = AlexNet()
   with pytest.raises(ValueError, match='227x60 is too small'):
@@ -438,6 +466,7 @@ def test_unknown_choice_names_allowed_values(field, value, allowed):
 
 @pytest.mark.parametrize('fields, problem', [
     ({'groups': 0}, 'groups=0'), ({'width': 0.0}, 'width=0.0'), ({'dropout_rate': 1.0}, 'dropout_rate'),
+    ({'conv1_kernel': -1}, 'conv1_kernel=-1'), ({'conv1_stride': 1.5}, 'conv1_stride=1.5'),
 ])
 def test_bad_numbers(fields, problem):
   with pytest.raises(ValueError, match=problem):

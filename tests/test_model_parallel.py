@@ -94,6 +94,16 @@ def test_logits_equal_the_single_device_model(small, dtype, monkeypatch):
     assert np.abs(wrong - expected).max() > 30 * tolerance
 
 
+def test_a_small_image_conv1_splits_into_towers_too(small):
+  # configs/fashion_mnist.py's conv1 (5x5, stride 1) on 28x28 crops.
+  model = small.model.clone(conv1_kernel=5, conv1_stride=1)
+  params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 28, 28, 3)))['params']
+  images = (60.0 * np.random.default_rng(3).normal(size=(BATCH, 28, 28, 3))).astype(np.float32)
+  expected = np.asarray(model.apply({'params': params}, images))
+  got = tower_logits(model, params, images, small.towers.mesh)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_dropout_in_training_is_a_function_of_the_key(small):
   model = small.model.clone(dropout_rate=0.5)
   pair = towers.TowerPair(model)

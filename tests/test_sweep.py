@@ -57,7 +57,7 @@ def test_the_study_judges_each_claim_in_its_regime():
 def test_each_departure_point_undoes_a_choice_of_the_fashion_mnist_config():
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   points = sweep.load_sweep(os.path.join(REPO, 'configs/sweeps/fashion_mnist_departures.py'))
-  adapted = fashion_mnist.get_config()
+  adapted = fashion_mnist.get_config('upsampled')  # the adaptation the sweep measured
   assert points[0] == {}
   for point in points[1:]:
     config = adapted.copy_and_resolve_references()
@@ -65,6 +65,17 @@ def test_each_departure_point_undoes_a_choice_of_the_fashion_mnist_config():
     config_validation.validate(config)
     assert all(functools.reduce(getattr, key.split('.'), adapted) != value
                for key, value in point.items()), point
+
+
+def test_the_fashion_mnist_config_has_two_adaptations_and_names_them_on_a_typo():
+  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  small_images, upsampled = fashion_mnist.get_config(), fashion_mnist.get_config('upsampled')
+  for config in (small_images, upsampled):
+    config_validation.validate(config)
+  layout = lambda c: (c.image_size, c.model.conv1_kernel, c.model.conv1_stride, c.eval_crops)
+  assert layout(small_images) == (28, 5, 1, 10) and layout(upsampled) == (67, 0, 0, 1)
+  with pytest.raises(ValueError, match='configs/fashion_mnist.py:upsampled'):
+    fashion_mnist.get_config('upsampeld')
 
 
 def test_bad_sweep_files_are_clear_errors(tmp_path):

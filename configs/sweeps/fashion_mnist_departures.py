@@ -1,9 +1,9 @@
-"""What each departure of configs/fashion_mnist.py from the paper's recipe is worth: each point undoes
-one (the width only halfway; or, as the last, the statistics and schedule departures together), and
-two points measure what parts of the paper's recipe it keeps, dropout and the random crops and
-flips, cost a short run.
+"""What each departure of configs/fashion_mnist.py:upsampled (the study's adaptation) from the
+paper's recipe is worth: each point undoes one (the width only halfway; or, as the last, the
+statistics and schedule departures together), and two points measure what parts of the paper's
+recipe it keeps, dropout and the random crops and flips, cost a short run.
 
-  python -m launch.sweep --config=configs/fashion_mnist.py \
+  python -m launch.sweep --config=configs/fashion_mnist.py:upsampled \
       --sweep=configs/sweeps/fashion_mnist_departures.py --workdir=/path/to/departures \
       --launcher=local --seeds=3 -- --config.dataset=store:/path/to/store76 --config.num_epochs=2
   python -m alexnet_jax.report /path/to/departures

@@ -1,6 +1,6 @@
 """The ablation study: every claim of the paper, each in the regime where its measure can show it.
 
-  python -m launch.sweep --config=configs/fashion_mnist.py --sweep=configs/sweeps/study.py \
+  python -m launch.sweep --config=configs/fashion_mnist.py:upsampled --sweep=configs/sweeps/study.py \
       --workdir=/path/to/study --launcher=local --seeds=3 -- \
       --config.dataset=store:/path/to/store76 --config.num_epochs=2 --config.log_every_steps=10
   python -m alexnet_jax.report /path/to/study

@@ -96,8 +96,9 @@ def keep_freed_memory() -> bool:
   page faults a step, and 42% of the training process's CPU time was the kernel's (system time
   861 s of 2,040 s in a 25-epoch Fashion-MNIST run). With one arena (the main one, grown with
   `brk`), no `mmap` for single blocks, and no trimming of the heap's top, the blocks are reused:
-  ~1,000 faults a step, system time 22.1 s -> 2.1 s over 300 steps and 1.5x the images a second
-  (docs/benchmarks.md, "Host memory on CPU"). The price is that the heap keeps its high-water mark
+  ~1,100 faults a step, system time 76.5 -> 15.7 ms a step, CPU time 176 -> 149 ms (-16%), at the
+  same speed within the noise (1.04x the images a second; `python -m bench.host_memory`,
+  docs/benchmarks.md, "Host memory on CPU"). The price is that the heap keeps its high-water mark
   (1.1 -> 1.6 GB resident there). It is for CPU runs: on an accelerator the temporaries live in
   device memory, and the host's input pipeline runs many threads that one arena would serialize.
   """

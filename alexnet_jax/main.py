@@ -71,7 +71,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _CONFIG.value.keys()  # a config file that failed to load raises its OSError on first access
     return remaining
   except flags.Error as e:  # a missing or unparsable value, e.g. --config.batch_size=3.5
-    cli.fail(str(e), errors.BAD_INPUT)
+    # A config file's own error (e.g. get_config refusing FILE:ARG) arrives with its traceback in
+    # the message: the flag and the exception's last line say it.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cli.fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}', errors.BAD_INPUT)
   except (KeyError, AttributeError) as e:
     message = _unknown_override(e, argv)
     if message is None:

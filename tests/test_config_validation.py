@@ -149,6 +149,8 @@ def test_a_synthetic_config_is_validated_without_tensorflow():
                                  "float: 'abc'"),
     ('--config.model.dropout_rate=1.0', 'error: config.model.dropout_rate=1.0 is invalid: expected a '
                                         'number in [0, 1)'),
+    ('--config=configs/fashion_mnist.py:typo', 'error: flag --config=configs/fashion_mnist.py:typo: '
+     'Error whilst parsing config file: ValueError: configs/fashion_mnist.py:typo: no such adaptation'),
 ])
 def test_main_reports_a_bad_flag_in_one_line_and_exits_2(tmp_path, flag, message):
   workdir = tmp_path / 'run'
